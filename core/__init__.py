@@ -1,0 +1,1 @@
+"""LLM Anatomy Lab core: plain Python + torch, no streamlit. Every number a page shows comes from here."""

@@ -1,0 +1,118 @@
+"""Parameter accounting, from a loaded model or from a config alone (built on the meta device).
+
+Tied weights are one Parameter object shared by two modules; `named_parameters()` yields it once,
+under the first name (the input embedding), so they are counted once and reported as tied.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    PretrainedConfig,
+)
+
+COMPONENTS = ("embeddings", "position_embeddings", "attention_q", "attention_k", "attention_v",
+              "attention_o", "attention_other", "mlp", "norms", "lm_head", "other")
+
+_LAYER_INDEX = re.compile(r"\.(?:layers|h|layer|block)\.(\d+)\.")
+
+
+def meta_model_from_config(config: PretrainedConfig) -> nn.Module:
+    """The model a config describes, with shapes but no storage: any size, no memory."""
+    named = [getattr(transformers, a, None) for a in getattr(config, "architectures", None) or []]
+    with torch.device("meta"):
+        for cls in [c for c in named if c is not None] + [AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                                                          AutoModelForMaskedLM, AutoModel]:
+            try:
+                return cls._from_config(config) if cls in named else cls.from_config(config)
+            except (ValueError, TypeError, AttributeError):
+                continue
+    raise ValueError(f"transformers has no model class for model_type {config.model_type!r}")
+
+
+def classify(name: str) -> str:
+    """Which component a parameter belongs to, from its name in the module tree."""
+    n = name.lower()
+    if "lm_head" in n:
+        return "lm_head"
+    if any(k in n for k in ("wpe", "position_embeddings", "token_type_embeddings", "relative_attention_bias")):
+        return "position_embeddings"
+    if any(k in n for k in ("embed_tokens", "wte", "word_embeddings")) or n == "shared.weight":
+        return "embeddings"
+    if any(k in n for k in ("norm", "ln_", "layernorm", "layer_norm")):
+        return "norms"
+    if re.search(r"(attn|attention)", n):
+        if re.search(r"(q_proj|\.query\.|\.q\.)", n):
+            return "attention_q"
+        if re.search(r"(k_proj|\.key\.|\.k\.)", n):
+            return "attention_k"
+        if re.search(r"(v_proj|\.value\.|\.v\.)", n):
+            return "attention_v"
+        if re.search(r"(o_proj|out_proj|c_proj|\.output\.dense|\.o\.|dense\.)", n):
+            return "attention_o"
+        if "c_attn" in n:
+            return "attention_qkv"  # fused; split into thirds by the caller
+        return "attention_other"
+    if any(k in n for k in ("mlp", "feed_forward", "ffn", "intermediate", "densereludense", ".output.dense")):
+        return "mlp"
+    return "other"
+
+
+def layer_of(name: str) -> int | None:
+    m = _LAYER_INDEX.search("." + name)
+    return int(m.group(1)) if m else None
+
+
+def _tied(model: nn.Module) -> bool:
+    inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return inp is not None and out is not None and out.weight is inp.weight
+
+
+def count_parameters(model_or_config: nn.Module | PretrainedConfig) -> dict[str, Any]:
+    """{"total", "tied_embeddings", "by_component", "per_layer", "n_layers"}; per_layer rows are
+    {"layer", "attention", "mlp", "norms", "total"}."""
+    model = (meta_model_from_config(model_or_config) if isinstance(model_or_config, PretrainedConfig)
+             else model_or_config)
+    by_component = dict.fromkeys(COMPONENTS, 0)
+    per_layer: dict[int, dict[str, int]] = {}
+    total = 0
+    for name, p in model.named_parameters():  # tied parameters come once
+        n = p.numel()
+        if hasattr(p, "quant_state") or p.dtype == torch.uint8:  # bitsandbytes packs 2 x 4-bit per byte
+            n = _unpacked_numel(p, n)
+        total += n
+        kind = classify(name)
+        if kind == "attention_qkv":
+            for part in ("attention_q", "attention_k", "attention_v"):
+                by_component[part] += n // 3
+        else:
+            by_component[kind] += n
+        layer = layer_of(name)
+        if layer is not None:
+            row = per_layer.setdefault(layer, {"layer": layer, "attention": 0, "mlp": 0, "norms": 0, "other": 0, "total": 0})
+            group = "attention" if kind.startswith("attention") else kind if kind in ("mlp", "norms") else "other"
+            row[group] += n
+            row["total"] += n
+    return {
+        "total": total,
+        "tied_embeddings": _tied(model),
+        "by_component": {k: v for k, v in by_component.items() if v},
+        "per_layer": [per_layer[i] for i in sorted(per_layer)],
+        "n_layers": len(per_layer),
+    }
+
+
+def _unpacked_numel(p: torch.Tensor, n: int) -> int:
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else n

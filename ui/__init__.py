@@ -1,0 +1,1 @@
+"""Streamlit-side helpers shared by pages: model picker, cached wrappers around core, charts."""

@@ -1,0 +1,135 @@
+"""The sidebar model picker and the cached wrappers around core.models / core.capture.
+
+One model instance per spec serves every session (st.cache_resource); sessions only keep the spec.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import streamlit as st
+
+from core.capture import Capture, InputError, run_forward
+from core.models import (
+    DEVICES,
+    DTYPES,
+    EMBEDDED,
+    QUANTIZATIONS,
+    TINY_SOURCES,
+    LoadedModel,
+    ModelLoadError,
+    ModelSpec,
+    load_model,
+    parse_spec,
+)
+
+SPEC_KEY = "lab_model_spec"
+ERROR_KEY = "lab_model_error"
+HUB_CHOICE = "Hugging Face Hub id or local folder…"
+_CHOICES = {
+    EMBEDDED: "SmolLM2-135M-Instruct (embedded, offline)",
+    "tiny-gpt2": "tiny-gpt2 (random, GPT-2 style)",
+    "tiny-llama": "tiny-llama (random, Llama style)",
+    "tiny-qwen2": "tiny-qwen2 (random, Qwen2 style)",
+    HUB_CHOICE: HUB_CHOICE,
+}
+_loaded_keys: set[str] = set()  # process-wide: which specs are already in the resource cache
+_loaded_lock = threading.Lock()
+
+
+def default_spec() -> ModelSpec:
+    """The embedded model, unless LLM_LAB_DEFAULT_MODEL names another (tests use a tiny one)."""
+    return ModelSpec(os.environ.get("LLM_LAB_DEFAULT_MODEL", EMBEDDED))
+
+
+def current_spec() -> ModelSpec:
+    return st.session_state.get(SPEC_KEY) or default_spec()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _cached_model(key: str, _spec: ModelSpec) -> LoadedModel:
+    return load_model(_spec)
+
+
+def get_model(spec: ModelSpec) -> LoadedModel:
+    """The shared instance for `spec`; a visible status while it loads for the first time."""
+    with _loaded_lock:
+        known = spec.key in _loaded_keys
+    if known:
+        return _cached_model(spec.key, spec)
+    first = ("The first load dequantizes the GGUF file shipped in the wheel (about 15 s); "
+             "it is then cached on disk and later loads take about 2 s.") if spec.source == EMBEDDED else ""
+    with st.status(f"Loading {spec.label}…", expanded=bool(first)) as status:
+        if first:
+            st.write(first)
+        lm = _cached_model(spec.key, spec)
+        status.update(label=f"Loaded {spec.label} in {lm.load_seconds:.1f} s", state="complete", expanded=False)
+    with _loaded_lock:
+        _loaded_keys.add(spec.key)
+    return lm
+
+
+def _picker_form(spec: ModelSpec) -> ModelSpec | None:
+    """Sidebar widgets; returns a new spec when the user asks for a load."""
+    in_list = spec.source in _CHOICES
+    with st.sidebar.form("model_picker"):
+        st.markdown("**Model**")
+        keys = list(_CHOICES)
+        choice = st.selectbox("Model", keys, index=keys.index(spec.source if in_list else HUB_CHOICE),
+                              format_func=_CHOICES.get, label_visibility="collapsed")
+        hub_id = st.text_input("Hub id or folder (when chosen above)", value="" if in_list else spec.source,
+                               placeholder="HuggingFaceTB/SmolLM2-360M-Instruct")
+        c1, c2, c3 = st.columns(3)
+        dtype = c1.selectbox("dtype", list(DTYPES), index=list(DTYPES).index(spec.dtype))
+        device = c2.selectbox("device", list(DEVICES), index=list(DEVICES).index(spec.device))
+        quant = c3.selectbox("quant", list(QUANTIZATIONS), index=list(QUANTIZATIONS).index(spec.quantization),
+                             help="8-bit / 4-bit NF4 through bitsandbytes (CPU or CUDA)")
+        if not st.form_submit_button("Load model", use_container_width=True):
+            return None
+    source = hub_id if choice == HUB_CHOICE else choice
+    return parse_spec(source, dtype, device, quant)
+
+
+def model_picker() -> LoadedModel:
+    """Render the shared sidebar picker and return the loaded model (the default when none is picked).
+
+    A failed load shows its reason and keeps the model that was loaded before.
+    """
+    spec = current_spec()
+    try:
+        new = _picker_form(spec)
+        if new is not None and new != spec:
+            get_model(new)  # raises before we switch, so a failure keeps the old model
+            st.session_state[SPEC_KEY] = spec = new
+            st.session_state.pop(ERROR_KEY, None)
+    except ModelLoadError as exc:
+        st.session_state[ERROR_KEY] = str(exc)
+    if st.session_state.get(ERROR_KEY):
+        st.sidebar.error(st.session_state[ERROR_KEY])
+    try:
+        lm = get_model(spec)
+    except ModelLoadError as exc:  # e.g. the Hub went away after a restart: fall back to the default
+        st.session_state[ERROR_KEY] = str(exc)
+        st.session_state[SPEC_KEY] = spec = default_spec()
+        lm = get_model(spec)
+    st.sidebar.caption(f"Loaded: **{lm.name}** · {lm.summary()}")
+    return lm
+
+
+@st.cache_resource(show_spinner="Running the model…", max_entries=64)
+def _cached_forward(key: str, text: str, max_tokens: int, hook_modules: tuple[str, ...],
+                    _lm: LoadedModel) -> Capture:
+    return run_forward(_lm, text, max_tokens=max_tokens, hook_modules=hook_modules)
+
+
+def forward(lm: LoadedModel, text: str, max_tokens: int = 512, hook_modules: tuple[str, ...] = ()) -> Capture | None:
+    """A cached capture (shared, read-only), or None after showing why the text cannot be used."""
+    try:
+        cap = _cached_forward(lm.spec.key, text, max_tokens, tuple(hook_modules), lm)
+    except InputError as exc:
+        st.info(str(exc))
+        return None
+    if cap.truncation_notice:
+        st.warning(cap.truncation_notice)
+    return cap

@@ -1,0 +1,39 @@
+"""The page list, in sections. A page appears only once its file exists (pages not built yet stay hidden)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    path: str  # relative to the project root
+    title: str
+    icon: str
+    section: str
+    blurb: str
+
+
+PAGES: tuple[PageInfo, ...] = (
+    PageInfo("pages/1_Architecture.py", "Architecture", "🏗️", "Inside the model",
+             "The block diagram generated from the real module tree; compare two architectures."),
+    PageInfo("pages/2_Parameters.py", "Parameter statistics", "🔢", "Inside the model",
+             "Where the parameters are, per component and layer; weight statistics; memory per dtype."),
+    PageInfo("pages/3_Forward_pass.py", "Forward pass, step by step", "➡️", "Inside the model",
+             "Text to next-token probabilities with the real tensors, computed by hand and checked."),
+    PageInfo("pages/4_Tokens_and_embeddings.py", "Tokens and embeddings", "🔤", "Inside the model",
+             "Byte-pair encoding from scratch, token vectors and their neighbours, positions."),
+    PageInfo("pages/5_Attention.py", "Attention", "👀", "Attention & weights",
+             "Every head's attention on your text, head statistics, rollout."),
+    PageInfo("pages/6_Weights.py", "Weights", "⚖️", "Attention & weights",
+             "Statistics, histograms and spectra of every weight matrix, across all layers."),
+    PageInfo("pages/7_Logit_lens.py", "Logit lens", "🔭", "Attention & weights",
+             "What the model would predict if it stopped after each layer."),
+)
+
+
+def available_pages() -> list[PageInfo]:
+    return [p for p in PAGES if (ROOT / p.path).is_file()]
