@@ -63,5 +63,6 @@ def home() -> None:
 
 sections: dict[str, list] = {"": [st.Page(home, title="Home", icon="🏠", default=True)]}
 for info in available_pages():
-    sections.setdefault(info.section, []).append(st.Page(info.path, title=info.title, icon=info.icon))
+    sections.setdefault(info.section, []).append(st.Page(info.path, title=info.title, icon=info.icon,
+                                                          url_path=info.url_path))
 st.navigation(sections).run()

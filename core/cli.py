@@ -68,7 +68,152 @@ def cmd_params(args: argparse.Namespace) -> Any:
 # ---------------------------------------------------------------- inside the model (forward, ...)
 
 
+def _bpe_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", help="training text (default: Tiny Shakespeare)")
+    src.add_argument("--file", help="read the training text from this file")
+    p.add_argument("--chars", type=int, default=100_000, help="use the first N characters of Tiny Shakespeare")
+    p.add_argument("--vocab-size", type=int, default=300, help="base symbols + </w> + merges")
+    p.add_argument("--base", default="chars", choices=["chars", "bytes"])
+    p.add_argument("--encode", default="", help="a sentence to encode with the learned merges")
+
+
+@command("bpe", "train byte-pair encoding from scratch; print merges and an encoding", _bpe_args)
+def cmd_bpe(args: argparse.Namespace) -> Any:
+    from core.bpe import compression, encode, train_bpe
+    from core.data import tiny_shakespeare
+
+    if args.file:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {args.file}: {exc}") from exc
+    else:
+        text = args.text if args.text is not None else tiny_shakespeare()[: max(0, args.chars)]
+    result = train_bpe(text, args.vocab_size, args.base)
+    return {
+        "base": result.base, "base_size": len(result.alphabet), "vocab_size": result.vocab_size,
+        "notice": result.notice, "compression": compression(result),
+        "merges": [{"rank": m.rank, "pair": list(m.pair), "count": m.count, "token": m.token,
+                    "runners_up": [[list(p), c] for p, c in m.runners_up]} for m in result.merges],
+        "encoded": [{"token": t.token, "id": t.id, "bytes": [t.start, t.end]} for t in encode(result, args.encode)],
+    }
+
+
+def _embeddings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokens", default=" king, queen, man, woman",
+                   help="comma-separated words; each is tokenized and its first token used")
+    p.add_argument("--k", type=int, default=10, help="nearest neighbours per token")
+    p.add_argument("--positions", type=int, default=16, help="positions for the position summaries")
+    add_model_args(p)
+
+
+@command("embeddings", "token vectors: nearest neighbours, 2-D PCA, position encodings", _embeddings_args)
+def cmd_embeddings(args: argparse.Namespace) -> Any:
+    import torch
+
+    from core import embeddings as E
+
+    lm = load_from_args(args)
+    words = [w for w in args.tokens.split(",") if w.strip()]
+    if not words:
+        raise ValueError("--tokens is empty")
+    norms = E.row_norms(lm)
+    ids = [lm.encode(w)[0] for w in words]
+    out: dict[str, Any] = {"tokens": {}, "position_kind": E.position_kind(lm)}
+    for w, i in zip(words, ids):
+        out["tokens"][w] = {"id": i, "norm": float(norms[i]), "neighbours": E.nearest_neighbours(lm, i, args.k, norms)}
+    if len(ids) >= 2:
+        coords, ratio = E.pca_2d(torch.stack([E.token_vector(lm, i) for i in ids]))
+        out["pca"] = {"coords": dict(zip(words, coords.round(4).tolist())), "explained": ratio.round(4).tolist()}
+    if out["position_kind"] == "rope":
+        inv = E.model_inv_freq(lm)
+        out["rope"] = {"theta": E.rope_theta(lm.config), "dim": E.rope_dim(lm.config),
+                       "inv_freq": inv.tolist(), "wavelengths": E.wavelengths(inv).tolist()}
+    elif out["position_kind"] == "learned":
+        out["learned_similarity"] = E.learned_position_similarity(lm, args.positions).round(decimals=4).tolist()
+    return out
+
+
+def _forward_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--text", required=True, help="the text to run through the model")
+    p.add_argument("--top-k", type=int, default=10, help="how many next-token candidates to list")
+    p.add_argument("--position", type=int, default=-1, help="token position whose next token is predicted")
+    p.add_argument("--generate", type=int, default=0, help="greedy continuation of N tokens (0: none)")
+    p.add_argument("--check-parity", action="store_true",
+                   help="compute every layer by hand from its weights and report the max abs difference")
+
+
+@command("forward", "tokens, ids, top-k next tokens; --check-parity: hand computation vs the model",
+         _forward_args)
+def cmd_forward(args: argparse.Namespace) -> Any:
+    from core import stepwise
+    from core.capture import greedy_continuation, run_forward, top_k
+
+    if args.top_k < 1:
+        raise ValueError("--top-k must be at least 1")
+    if not 0 <= args.generate <= 1000:
+        raise ValueError("--generate must be between 0 and 1000")
+    lm = load_from_args(args)
+    hooks = stepwise.parity_hooks(lm) if args.check_parity else ()
+    cap = run_forward(lm, args.text, hook_modules=hooks)
+    if not -cap.seq_len <= args.position < cap.seq_len:
+        raise ValueError(f"--position {args.position} is outside the {cap.seq_len} tokens")
+    result: dict[str, Any] = {
+        "model": lm.spec.label,
+        "tokens": cap.tokens,
+        "ids": cap.ids,
+        "truncation": cap.truncation_notice,
+        "position": args.position % cap.seq_len,
+        "top_k": top_k(lm, cap.next_token_probs(args.position), args.top_k),
+    }
+    if args.generate:
+        new = greedy_continuation(lm, cap.ids, args.generate)
+        result["continuation"] = {"ids": new, "text": lm.decode(new)}
+    if args.check_parity:
+        result["parity"] = stepwise.parity(lm, cap, chained=True).as_dict()
+    return result
+
+
 # ---------------------------------------------------------------- attention and weights (weights, attention, lens)
+
+
+def _weights_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--layer", type=int, help="only this layer (0-based)")
+    p.add_argument("--matrix", help="only this module, e.g. self_attn.q_proj or mlp.c_fc")
+    p.add_argument("--all-parameters", action="store_true", help="also biases and norm weights of each layer")
+    p.add_argument("--histograms", action="store_true", help="add the shared-bin histograms")
+    p.add_argument("--spectrum", action="store_true",
+                   help="singular values and effective rank (needs --layer and --matrix)")
+    p.add_argument("--threshold", type=float, default=1e-3, help="|w| below this counts as near zero")
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the disk cache")
+    p.add_argument("--json", action="store_true", help="print JSON (the default; kept for scripts that ask)")
+
+
+@command("weights", "per-layer, per-matrix weight statistics (Frobenius, mean, std, kurtosis, ...)", _weights_args)
+def cmd_weights(args: argparse.Namespace) -> Any:
+    import math
+
+    from core.weights import report, spectrum, weight_stats
+
+    if not (math.isfinite(args.threshold) and args.threshold > 0):
+        raise ValueError(f"--threshold must be a positive number, got {args.threshold}")
+    if args.spectrum and (args.layer is None or args.matrix is None):
+        raise ValueError("--spectrum needs one matrix: give --layer and --matrix")
+    lm = load_from_args(args)
+    stats = weight_stats(lm.model, None if args.no_cache else lm.spec.key, threshold=args.threshold)
+    result = {"model": lm.spec.label, **report(stats, args.layer, args.matrix, args.all_parameters,
+                                               args.histograms)}
+    if args.spectrum:
+        name = next(r["name"] for r in stats.rows if r["layer"] == args.layer
+                    and args.matrix in (r["module"], r["kind"]) and len(r["shape"]) == 2)
+        spec = spectrum(lm.model.get_parameter(name))
+        result["spectrum"] = {"parameter": name, "method": spec.method,
+                              "effective_rank": spec.effective_rank, "stable_rank": spec.stable_rank,
+                              "singular_values": spec.singular_values.tolist()}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import shutil
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEVICES = ("auto", "cpu", "cuda")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 TINY_SEED = 0
+
+# bitsandbytes warns on every 8-bit matmul of an fp32 input; once per forward pass per layer floods the log.
+warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
@@ -155,6 +159,13 @@ class LoadedModel:
 # ---------------------------------------------------------------- spec parsing
 
 
+def _is_folder(source: str) -> bool:
+    try:
+        return Path(source).is_dir()
+    except OSError:  # e.g. a name longer than the file system allows
+        return False
+
+
 def parse_spec(source: str, dtype: str = "float32", device: str = "auto", quantization: str = "none") -> ModelSpec:
     """Validate user input into a spec; every failure is a ModelLoadError with a readable message."""
     source = (source or "").strip()
@@ -169,7 +180,7 @@ def parse_spec(source: str, dtype: str = "float32", device: str = "auto", quanti
         raise ModelLoadError(f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("No CUDA GPU is visible on this machine; choose device `auto` or `cpu`.")
-    if source not in (EMBEDDED, *TINY_SOURCES) and not Path(source).is_dir() and not _HUB_ID.match(source):
+    if source not in (EMBEDDED, *TINY_SOURCES) and not _is_folder(source) and not _HUB_ID.match(source):
         raise ModelLoadError(f"`{source}` is not a valid Hugging Face model id (expected `name` or "
                              "`organisation/name`, letters, digits, `-`, `_`, `.`) nor a local folder.")
     return ModelSpec(source, dtype, device, quantization)
@@ -321,7 +332,7 @@ def _require_hub(model_id: str) -> None:
 
 def hub_config(model_id: str) -> PretrainedConfig:
     """The config of a Hub model or local folder, with readable errors; never runs remote code."""
-    if not Path(model_id).is_dir():
+    if not _is_folder(model_id):
         _require_hub(model_id)
     try:
         return AutoConfig.from_pretrained(model_id, trust_remote_code=False)
@@ -406,7 +417,7 @@ def _from_hub(spec: ModelSpec, dtype: torch.dtype, extra: dict[str, Any]) -> tup
                              f"{str(exc).splitlines()[0]}") from exc
     except OSError as exc:
         raise ModelLoadError(f"Could not load `{spec.source}`: {str(exc).splitlines()[0]}") from exc
-    where = "local folder" if Path(spec.source).is_dir() else "Hugging Face Hub"
+    where = "local folder" if _is_folder(spec.source) else "Hugging Face Hub"
     return model, tokenizer, where
 
 

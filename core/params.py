@@ -116,3 +116,61 @@ def _unpacked_numel(p: torch.Tensor, n: int) -> int:
     state = getattr(p, "quant_state", None)
     shape = getattr(state, "shape", None)
     return int(torch.Size(shape).numel()) if shape is not None else n
+
+
+# ---------------------------------------------------------------- tying and memory (Parameter page)
+
+
+def check_tying(model: nn.Module) -> dict[str, Any]:
+    """Are the input embedding and the output projection (lm_head) tied? Checked two ways:
+    `same_storage` (one Parameter, or two sharing memory) and `equal_values` (torch.equal).
+    Untied models can still have equal values (a checkpoint that copied them); tied ones always do."""
+    inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names: dict[int, list[str]] = {}  # every name of every Parameter, in module order
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+    if inp is None or out is None or getattr(out, "weight", None) is None:
+        return {"has_output_embeddings": False, "same_storage": False, "equal_values": False,
+                "input_name": None, "output_name": None, "config_says_tied": _config_tied(model)}
+    a, b = inp.weight, out.weight
+    same = a is b or (a.device.type != "meta" and a.data_ptr() == b.data_ptr() and a.shape == b.shape)
+    usable = a.device.type != "meta" and b.device.type != "meta" and a.is_floating_point() and b.is_floating_point()
+    equal = bool(usable and a.shape == b.shape and a.device == b.device and torch.equal(a, b))
+    return {"has_output_embeddings": True, "same_storage": bool(same), "equal_values": equal,
+            "input_name": names.get(id(a), [None])[0], "output_name": names.get(id(b), [None])[-1],
+            "shape": list(a.shape), "config_says_tied": _config_tied(model)}
+
+
+def _config_tied(model: nn.Module) -> bool | None:
+    config = getattr(model, "config", None)
+    value = getattr(config, "tie_word_embeddings", None) if config is not None else None
+    return None if value is None else bool(value)
+
+
+# Bytes per weight; the quantized formats also store scales, estimated below.
+WEIGHT_FORMATS = (("float32", 4.0), ("bfloat16", 2.0), ("int8", 1.0), ("4-bit", 0.5))
+
+
+def weight_memory(model: nn.Module) -> list[dict[str, Any]]:
+    """Memory of the weights in each format, from the parameter count (tied weights once).
+
+    `scales_bytes` estimates the quantization overhead for the 2-D matrices: int8 as one float32 scale
+    per output row (LLM.int8 / per-channel), 4-bit as one float32 absmax per block of 64 weights (NF4
+    without double quantization). Keeping embeddings or norms in 16 bit, as libraries often do, is
+    ignored: every parameter is counted in the format of the row."""
+    total = rows = 0
+    matrix_numel = 0
+    for _name, p in model.named_parameters():
+        n = _unpacked_numel(p, p.numel()) if hasattr(p, "quant_state") or p.dtype == torch.uint8 else p.numel()
+        total += n
+        if p.dim() == 2:
+            rows += p.shape[0]
+            matrix_numel += n
+    table = []
+    for fmt, bpp in WEIGHT_FORMATS:
+        scales = 4 * rows if fmt == "int8" else 4 * -(-matrix_numel // 64) if fmt == "4-bit" else 0
+        weights = int(total * bpp)
+        table.append({"format": fmt, "bytes_per_weight": bpp, "weights_bytes": weights,
+                      "scales_bytes": scales, "total_bytes": weights + scales})
+    return table

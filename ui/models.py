@@ -80,10 +80,13 @@ def _picker_form(spec: ModelSpec) -> ModelSpec | None:
                               format_func=_CHOICES.get, label_visibility="collapsed")
         hub_id = st.text_input("Hub id or folder (when chosen above)", value="" if in_list else spec.source,
                                placeholder="HuggingFaceTB/SmolLM2-360M-Instruct")
-        c1, c2, c3 = st.columns(3)
-        dtype = c1.selectbox("dtype", list(DTYPES), index=list(DTYPES).index(spec.dtype))
-        device = c2.selectbox("device", list(DEVICES), index=list(DEVICES).index(spec.device))
-        quant = c3.selectbox("quant", list(QUANTIZATIONS), index=list(QUANTIZATIONS).index(spec.quantization),
+        dtype = st.selectbox("dtype", list(DTYPES), index=list(DTYPES).index(spec.dtype))
+        c1, c2 = st.columns(2)
+        device = c1.selectbox("device", list(DEVICES), index=list(DEVICES).index(spec.device),
+                              help="auto: the GPU when there is one (spread over GPU and CPU by "
+                                   "accelerate when too big for one), else the CPU")
+        quant = c2.selectbox("quantization", list(QUANTIZATIONS),
+                             index=list(QUANTIZATIONS).index(spec.quantization),
                              help="8-bit / 4-bit NF4 through bitsandbytes (CPU or CUDA)")
         if not st.form_submit_button("Load model", use_container_width=True):
             return None

@@ -16,6 +16,11 @@ class PageInfo:
     section: str
     blurb: str
 
+    @property
+    def url_path(self) -> str:
+        """'pages/3_Forward_pass.py' -> 'Forward_pass' (what st.Page infers, made explicit)."""
+        return Path(self.path).stem.split("_", 1)[1]
+
 
 PAGES: tuple[PageInfo, ...] = (
     PageInfo("pages/1_Architecture.py", "Architecture", "🏗️", "Inside the model",

@@ -1,0 +1,106 @@
+"""The app in headless Chromium, as a user sees it: every page opens, finishes running, shows no
+exception box; a screenshot of each lands in artifacts/screenshots/ (git-ignored)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests_paths import ROOT
+from ui.navigation import available_pages
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make browser)"),
+]
+SHOTS = ROOT / "artifacts" / "screenshots"
+DONE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    env = {**os.environ, "LLM_LAB_DEFAULT_MODEL": os.environ.get("LLM_LAB_BROWSER_MODEL", "embedded")}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"streamlit did not start:\n{log.read_text()}")
+        yield url, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def open_and_shoot(browser, url: str, name: str) -> list[str]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_selector("h1", timeout=180_000)
+        page.wait_for_selector(DONE, timeout=180_000)
+        page.wait_for_timeout(1500)  # charts and images finish drawing after the script ends
+        page.wait_for_selector(DONE, timeout=180_000)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        exceptions = page.locator("[data-testid='stException']").all_inner_texts()
+    finally:
+        page.close()
+    return exceptions + errors
+
+
+PAGES = [("", "Home")] + [(p.url_path, p.url_path) for p in available_pages()]
+
+
+@pytest.mark.parametrize("path,name", PAGES, ids=[n for _, n in PAGES])
+def test_page_renders_without_exception(server, browser, path, name):
+    url, _log = server
+    problems = open_and_shoot(browser, f"{url}/{path}", name)
+    assert not problems, problems
+
+
+def test_server_log_is_clean(server, browser):
+    url, log = server
+    open_and_shoot(browser, url, "Home")
+    text = log.read_text()
+    for bad in ("Traceback", "Examining the path of torch.classes", "Error"):
+        assert bad not in text, text[-3000:]
