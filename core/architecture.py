@@ -7,9 +7,12 @@ goes through `attribute_map` via plain attribute access and works for any family
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import PretrainedConfig
+
+if TYPE_CHECKING:
+    from core.diagram import Diagram
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,10 @@ def config_dims(config: PretrainedConfig) -> dict[str, Any]:
     heads = getattr(config, "num_attention_heads", None)
     hidden = getattr(config, "hidden_size", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
-    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    head_dim = (getattr(config, "head_dim", None) or getattr(config, "d_kv", None)  # T5 names it d_kv
+                or (hidden // heads if hidden and heads else None))
+    intermediate = (getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+                    or getattr(config, "d_ff", None))
     if intermediate is None and hidden and getattr(config, "model_type", "") == "gpt2":
         intermediate = 4 * hidden  # GPT-2's n_inner=None means 4 * n_embd
     context = getattr(config, "max_position_embeddings", None)
@@ -75,3 +80,229 @@ def config_dims(config: PretrainedConfig) -> dict[str, Any]:
         "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
         "activation": getattr(config, "hidden_act", None) or getattr(config, "activation_function", None),
     }
+
+
+def rope_theta(config: PretrainedConfig) -> float | None:
+    """The RoPE base: transformers 5 keeps it in `rope_parameters`, older configs in `rope_theta`."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):
+        if "rope_theta" in params:
+            return float(params["rope_theta"])
+        for sub in params.values():  # per-layer-type dicts (Gemma 3: full_attention / sliding_attention)
+            if isinstance(sub, dict) and "rope_theta" in sub:
+                return float(sub["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    return float(theta) if isinstance(theta, (int, float)) else None
+
+
+# ---------------------------------------------------------------- KV cache
+
+BYTES_PER_ELEMENT = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "float8": 1.0, "int8": 1.0, "int4": 0.5}
+
+
+def decoder_layers(config: PretrainedConfig) -> int | None:
+    """Layers that keep a KV cache: the decoder's (T5 has `num_decoder_layers` besides `num_layers`)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers", None) \
+            or getattr(config, "num_hidden_layers", None)
+    return getattr(config, "num_hidden_layers", None)
+
+
+def kv_cache_per_token(config: PretrainedConfig, dtype: str = "bfloat16") -> dict[str, Any]:
+    """Bytes of K and V one more token adds to the cache during generation:
+    2 (K and V) × layers × kv_heads × head_dim × bytes per element. `bytes` is None for encoder-only models."""
+    if dtype not in BYTES_PER_ELEMENT:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(BYTES_PER_ELEMENT)}")
+    family = detect_family(config)
+    dims = config_dims(config)
+    per = BYTES_PER_ELEMENT[dtype]
+    layers, kv, hd = decoder_layers(config), dims["kv_heads"], dims["head_dim"]
+    result: dict[str, Any] = {"dtype": dtype, "bytes_per_element": per, "layers": layers, "kv_heads": kv,
+                              "head_dim": hd, "bytes": None, "formula": "", "note": ""}
+    if family.kind == "encoder-only":
+        result["note"] = "encoder-only: it reads the whole input at once and never generates, so it keeps no KV cache"
+        return result
+    if not (layers and kv and hd):
+        result["note"] = "the config does not give layers, KV heads and head size"
+        return result
+    total = 2 * layers * kv * hd * per
+    result["bytes"] = int(total) if float(total).is_integer() else total
+    result["formula"] = (f"2 (K and V) × {layers} layers × {kv} KV heads × {hd} head_dim × "
+                         f"{per:g} bytes ({dtype}) = {total:,.0f} bytes")
+    notes = []
+    if family.kind == "encoder-decoder":
+        notes.append("decoder self-attention only; cross-attention also caches K and V of every encoder token once")
+    window = cache_window(config)
+    if window:
+        notes.append(f"with a sliding window of {window:,} tokens the cache stops growing at {window:,} tokens")
+    if getattr(config, "kv_lora_rank", None):
+        notes.append("this model compresses K and V (multi-head latent attention): the real cache is smaller")
+    result["note"] = "; ".join(notes)
+    return result
+
+
+def cache_window(config: PretrainedConfig) -> int | None:
+    """Tokens after which a sliding-window model's cache stops growing (None: it grows with the context)."""
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) is not False:
+        return int(window)
+    return None
+
+
+# ---------------------------------------------------------------- configs typed or pasted by a user
+
+_POSITIVE_INT_FIELDS = ("hidden_size", "n_embd", "d_model", "num_hidden_layers", "n_layer", "num_layers",
+                        "num_decoder_layers", "num_attention_heads", "n_head", "num_heads", "num_key_value_heads",
+                        "intermediate_size", "n_inner", "d_ff", "d_kv", "vocab_size", "head_dim",
+                        "max_position_embeddings", "n_positions")
+MAX_LAYERS = 512  # the largest public models have ~130; more is a typo, and building 10^6 modules takes minutes
+MAX_CONFIG_CHARS = 1_000_000
+
+
+def config_from_json_text(text: str) -> PretrainedConfig:
+    """A config from pasted or uploaded config.json text; every problem is a ValueError meant for the user."""
+    import json
+
+    from core.data import config_from_dict
+
+    if not text or not text.strip():
+        raise ValueError("The config is empty: paste the contents of a config.json (a JSON object with a "
+                         "`model_type` field) or upload the file.")
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ValueError(f"This is {len(text):,} characters; a config.json is a few thousand. Is it the right file?")
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"This is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from exc
+    if not isinstance(fields, dict):
+        raise ValueError(f"config.json must hold a JSON object ({{...}}), not a {type(fields).__name__}.")
+    validate_fields(fields)
+    try:
+        config = config_from_dict(fields)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - config classes validate their fields with their own error types
+        detail = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ValueError(f"This is not a valid `{fields['model_type']}` config: "
+                         f"{detail[-1] if detail else type(exc).__name__}") from exc
+    validate_config(config)
+    return config
+
+
+def validate_fields(fields: dict[str, Any]) -> None:
+    for key in _POSITIVE_INT_FIELDS:
+        value = fields.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"`{key}` must be a positive whole number (got {value!r}).")
+
+
+def validate_config(config: PretrainedConfig) -> None:
+    """Refuse, with the reason, dimensions no model can have."""
+    dims = config_dims(config)
+    layers, heads, kv, hidden = dims["layers"], dims["heads"], dims["kv_heads"], dims["hidden_size"]
+    for name, value in (("layers", layers), ("hidden size", hidden), ("attention heads", heads)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"The config gives no usable number of {name} (got {value!r}).")
+    if layers > MAX_LAYERS:
+        raise ValueError(f"{layers:,} layers is more than any real model ({MAX_LAYERS} at most here); check the layer count.")
+    if kv and heads % kv:
+        raise ValueError(f"{heads} attention heads cannot be shared evenly by {kv} key/value heads "
+                         "(the number of heads must be a multiple of the number of KV heads).")
+    if not getattr(config, "head_dim", None) and not getattr(config, "d_kv", None) and hidden % heads:
+        raise ValueError(f"A hidden size of {hidden} cannot be split into {heads} heads of equal size.")
+
+
+# ---------------------------------------------------------------- one architecture in numbers, and two side by side
+
+
+def architecture_summary(diagram: "Diagram", config: PretrainedConfig, kv_dtype: str = "bfloat16",
+                         weights_dtype: str | None = None) -> dict[str, Any]:
+    """Every dimension of one architecture, keyed by a readable field name (values are raw numbers,
+    strings or booleans; `format_value` writes them for a table). Parameters come from the diagram,
+    whose boxes hold every parameter once (tied weights counted once)."""
+    dims, f = diagram.dims, diagram.features
+    kv = kv_cache_per_token(config, kv_dtype)
+    weights_dtype = weights_dtype or kv_dtype
+    embed = sum(b.params for b in diagram.blocks if b.kind in ("embedding", "positions", "segments"))
+    per_layer = {s.id: sum(b.params_per_layer for b in diagram.blocks if b.stack == s.id) for s in diagram.stacks}
+    head = sum(b.params for b in diagram.blocks if b.kind == "lm_head")
+    heads, kv_heads = f.get("heads"), f.get("kv_heads")
+    attention = ("MHA (multi-head)" if heads == kv_heads else "MQA (one KV head)" if kv_heads == 1
+                 else "GQA (grouped-query)") if heads and kv_heads else "—"
+    layers: Any = dims["layers"]
+    if diagram.family.kind == "encoder-decoder" and len(diagram.stacks) == 2:
+        layers = f"{diagram.stacks[0].n_layers} encoder + {diagram.stacks[1].n_layers} decoder"
+    context = dims["context_length"]
+    total = diagram.total_params
+    return {
+        "Family": diagram.family.name,
+        "Kind": diagram.family.kind,
+        "Model class": diagram.model_class,
+        "model_type": dims["model_type"],
+        "Layers": layers,
+        "Hidden size d": dims["hidden_size"],
+        "MLP width": dims["intermediate_size"],
+        "Attention heads": heads,
+        "KV heads": kv_heads,
+        "Head size d_h": f.get("head_dim"),
+        "Query heads per KV head": f.get("gqa_group"),
+        "Attention": attention,
+        "Q, K, V projections": f.get("attention_projections"),
+        "Bias on Q, K, V": f.get("qkv_bias"),
+        "Positions": f.get("positions"),
+        "Norm": f.get("norm"),
+        "Norm placement": f.get("norm_placement"),
+        "MLP": f.get("mlp"),
+        "Attention and MLP in parallel": f.get("parallel_attention_mlp"),
+        "Vocabulary": dims["vocab_size"],
+        "Context length": context,
+        "Tied LM head": f.get("tied_lm_head"),
+        "Parameters": total,
+        "Embedding parameters": embed,
+        "Parameters per layer": " + ".join(f"{v:,}" for v in per_layer.values()) if len(per_layer) > 1
+        else next(iter(per_layer.values()), None),
+        "Output head parameters": head,
+        "Non-embedding parameters": total - embed,
+        f"Weights in {weights_dtype}": int(total * BYTES_PER_ELEMENT.get(weights_dtype, 4.0)),
+        f"KV cache per token ({kv_dtype})": kv["bytes"],
+        f"KV cache at full context ({kv_dtype})": (kv["bytes"] * min(context, cache_window(config) or context)
+                                                   if kv["bytes"] and context else None),
+    }
+
+
+_BYTE_FIELDS = ("Weights in", "KV cache")
+
+
+def format_value(field: str, value: Any) -> str:
+    """One cell of the comparison table."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)) and field.startswith(_BYTE_FIELDS):
+        return f"{value:,.0f} B ({format_bytes(value)})"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def comparison_rows(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b: str = "B") -> list[dict[str, str]]:
+    """Two summaries side by side: one row per field, with B / A where both are numbers."""
+    rows = []
+    for field in list(dict.fromkeys([*a, *b])):
+        va, vb = a.get(field), b.get(field)
+        ratio = ""
+        if (isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool)
+                and not isinstance(vb, bool) and va):
+            ratio = f"× {vb / va:,.2f}"
+        rows.append({"": field, name_a: format_value(field, va), name_b: format_value(field, vb), "B / A": ratio})
+    return rows

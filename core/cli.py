@@ -68,6 +68,58 @@ def cmd_params(args: argparse.Namespace) -> Any:
 # ---------------------------------------------------------------- inside the model (forward, ...)
 
 
+def _architecture_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", help="path to a config.json (built on the meta device, no weights)")
+    g.add_argument("--reference", help="a model id from the shipped reference configs, e.g. gpt2")
+    g.add_argument("--hub", help="a Hugging Face Hub id: only its config.json is fetched")
+    p.add_argument("--kv-dtype", default=None, help="element type for the KV cache: float32 | bfloat16 | float16 | "
+                   "float8 | int8 | int4 (default: the model's dtype, or bfloat16 for a config)")
+    add_model_args(p)
+
+
+@command("architecture", "the block diagram (module graph), dimensions, family and KV cache per token",
+         _architecture_args)
+def cmd_architecture(args: argparse.Namespace) -> Any:
+    from dataclasses import asdict
+
+    from core.architecture import architecture_summary, config_from_json_text, kv_cache_per_token
+    from core.data import reference_config, reference_configs
+    from core.diagram import build_diagram, diagram_from_config, to_dot
+    from core.models import hub_config
+
+    if args.config:
+        try:
+            text = Path(args.config).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read {args.config}: {exc}") from exc
+        config = config_from_json_text(text)
+        diagram, dtype = diagram_from_config(config), args.kv_dtype or "bfloat16"
+    elif args.reference or args.hub:
+        if args.reference and args.reference not in reference_configs():
+            raise ValueError(f"no shipped reference config {args.reference!r}; choose one of "
+                             f"{', '.join(reference_configs())}")
+        config = reference_config(args.reference) if args.reference else hub_config(args.hub)
+        diagram, dtype = diagram_from_config(config), args.kv_dtype or "bfloat16"
+    else:
+        lm = load_from_args(args)
+        config, diagram = lm.config, build_diagram(lm.model)
+        dtype = args.kv_dtype or str(lm.model.dtype).replace("torch.", "")
+    return {
+        "family": asdict(diagram.family),
+        "model_class": diagram.model_class,
+        "dims": diagram.dims,
+        "features": diagram.features,
+        "kv_cache_per_token": kv_cache_per_token(config, dtype),
+        "summary": architecture_summary(diagram, config, dtype),
+        "order_source": diagram.order_source,
+        "stacks": [asdict(s) for s in diagram.stacks],
+        "blocks": [asdict(b) for b in diagram.blocks],
+        "edges": [asdict(e) for e in diagram.edges],
+        "dot": to_dot(diagram),
+    }
+
+
 def _bpe_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="training text (default: Tiny Shakespeare)")
@@ -214,6 +266,93 @@ def cmd_weights(args: argparse.Namespace) -> Any:
                               "effective_rank": spec.effective_rank, "stable_rank": spec.stable_rank,
                               "singular_values": spec.singular_values.tolist()}
     return result
+
+
+def _attention_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--text", required=True, help="the text to run through the model")
+    p.add_argument("--layer", type=int, default=0, help="layer (0-based; negative counts from the end)")
+    p.add_argument("--head", type=int, default=0, help="query head (0-based)")
+    p.add_argument("--max-tokens", type=int, default=256, help="cut the text after this many tokens")
+    p.add_argument("--json", action="store_true", help="print JSON (the default; kept for scripts that ask)")
+
+
+@command("attention", "tokens and one head's attention matrix, with that head's statistics", _attention_args)
+def cmd_attention(args: argparse.Namespace) -> Any:
+    from core import attention as A
+    from core.capture import run_forward
+
+    if args.max_tokens < 1:
+        raise ValueError("--max-tokens must be at least 1")
+    lm = load_from_args(args)
+    cap = run_forward(lm, args.text, max_tokens=args.max_tokens, hidden_states=False)
+    attn = A.attention_stack(cap)  # [layers, heads, seq, seq]
+    layers, heads = attn.shape[:2]
+    if not -layers <= args.layer < layers:
+        raise ValueError(f"--layer {args.layer} is outside 0..{layers - 1}")
+    if not 0 <= args.head < heads:
+        raise ValueError(f"--head {args.head} is outside 0..{heads - 1}")
+    layer = args.layer % layers
+    groups = A.kv_groups(lm.config)
+    result: dict[str, Any] = {
+        "model": lm.spec.label, "tokens": cap.tokens, "ids": cap.ids, "truncation": cap.truncation_notice,
+        "layer": layer, "head": args.head, "kv_head": A.kv_head_of(args.head, heads, len(groups)),
+        "kv_group": groups[A.kv_head_of(args.head, heads, len(groups))], "causal": A.is_causal(attn),
+        "attention": attn[layer, args.head].round(decimals=6).tolist(),
+    }
+    if cap.seq_len >= 2:
+        stats = A.head_statistics(attn[layer:layer + 1, args.head:args.head + 1])
+        result["statistics"] = {k: float(v[0, 0]) for k, v in stats.items()}
+        result["statistics_units"] = {"entropy": "nats", "distance": "tokens", "others": "mean weight"}
+    return result
+
+
+def _lens_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--text", required=True, help="the text to run through the model")
+    p.add_argument("--positions", help="comma-separated positions (default: all; negative counts from the end)")
+    p.add_argument("--track", choices=["final", "next"], default="final",
+                   help="rank of the model's final prediction (final) or of the next token of the text (next)")
+    p.add_argument("--max-tokens", type=int, default=256, help="cut the text after this many tokens")
+    p.add_argument("--json", action="store_true", help="print JSON (the default; kept for scripts that ask)")
+
+
+@command("lens", "logit lens: top token, its probability and the tracked token's rank after every layer",
+         _lens_args)
+def cmd_lens(args: argparse.Namespace) -> Any:
+    from core import lens as L
+    from core.capture import run_forward
+
+    if args.max_tokens < 1:
+        raise ValueError("--max-tokens must be at least 1")
+    lm = load_from_args(args)
+    cap = run_forward(lm, args.text, max_tokens=args.max_tokens, attentions=False,
+                      hook_modules=L.lens_hook_modules(lm.model))
+    positions = None
+    if args.positions:
+        try:
+            raw = [int(x) for x in args.positions.split(",") if x.strip()]
+        except ValueError as exc:
+            raise ValueError(f"--positions must be comma-separated integers, got {args.positions!r}") from exc
+        if any(not -cap.seq_len <= p < cap.seq_len for p in raw):
+            raise ValueError(f"--positions must lie in 0..{cap.seq_len - 1}")
+        positions = [p % cap.seq_len for p in raw]
+    targets = L.next_token_targets(cap) if args.track == "next" else None
+    lens = L.logit_lens(lm.model, cap, targets, k=1, positions=positions)
+    pos = lens.positions.tolist()
+    decode = lambda ids: lm.token_strings([int(i) for i in ids])  # noqa: E731
+    return {
+        "model": lm.spec.label, "tokens": cap.tokens, "truncation": cap.truncation_notice,
+        "final_norm": lens.final_norm, "positions": pos, "track": args.track,
+        "tracked_tokens": [t if i >= 0 else None for t, i in zip(decode(lens.target_ids.clamp(min=0)),
+                                                                   lens.target_ids.tolist())],
+        "last_layer_max_abs_diff_vs_logits": L.final_layer_difference(lm.model, cap, pos),
+        "layers": [{"layer": layer,
+                    "top_tokens": decode(lens.top_ids[layer, :, 0]),
+                    "top_probs": [round(float(x), 6) for x in lens.top_probs[layer, :, 0]],
+                    "tracked_rank": lens.target_ranks[layer].tolist()}
+                   for layer in range(lens.layers + 1)],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -28,9 +28,14 @@ def config_from_dict(fields: dict[str, Any]) -> PretrainedConfig:
         raise ValueError("config.json has no `model_type` field")
     rest = {k: v for k, v in fields.items() if k != "model_type"}
     try:
-        return AutoConfig.for_model(model_type, **rest)
-    except (ValueError, KeyError) as exc:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+        config_class = CONFIG_MAPPING[model_type]
+    except KeyError as exc:
         raise ValueError(f"transformers does not know model_type {model_type!r}") from exc
+    try:
+        return config_class(**rest)
+    except Exception as exc:  # noqa: BLE001 - config classes validate with assorted exception types
+        raise ValueError(f"invalid {model_type} config: {str(exc).splitlines()[0]}") from exc
 
 
 def reference_config(model_id: str) -> PretrainedConfig:

@@ -29,9 +29,11 @@ _LAYER_INDEX = re.compile(r"\.(?:layers|h|layer|block)\.(\d+)\.")
 def meta_model_from_config(config: PretrainedConfig) -> nn.Module:
     """The model a config describes, with shapes but no storage: any size, no memory."""
     named = [getattr(transformers, a, None) for a in getattr(config, "architectures", None) or []]
+    autos = [AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForMaskedLM, AutoModel]
+    if getattr(config, "is_encoder_decoder", False):  # else a causal class builds only the decoder half
+        autos.insert(0, autos.pop(1))
     with torch.device("meta"):
-        for cls in [c for c in named if c is not None] + [AutoModelForCausalLM, AutoModelForSeq2SeqLM,
-                                                          AutoModelForMaskedLM, AutoModel]:
+        for cls in [c for c in named if c is not None] + autos:
             try:
                 return cls._from_config(config) if cls in named else cls.from_config(config)
             except (ValueError, TypeError, AttributeError):

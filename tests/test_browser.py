@@ -71,7 +71,7 @@ def browser():
 
 
 def open_and_shoot(browser, url: str, name: str) -> list[str]:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 2600})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
@@ -83,12 +83,16 @@ def open_and_shoot(browser, url: str, name: str) -> list[str]:
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
         exceptions = page.locator("[data-testid='stException']").all_inner_texts()
+        nav = " ".join(page.locator("[data-testid='stSidebarNav']").all_inner_texts())
+        if "Inside the model" not in nav:  # a deep link must get the sectioned navigation, not pages/ mode
+            exceptions.append(f"sidebar navigation without sections: {nav!r}")
     finally:
         page.close()
     return exceptions + errors
 
 
-PAGES = [("", "Home")] + [(p.url_path, p.url_path) for p in available_pages()]
+# Home last: the first test opens a page by its URL on a fresh server (a shared deep link).
+PAGES = [(p.url_path, p.url_path) for p in available_pages()] + [("", "Home")]
 
 
 @pytest.mark.parametrize("path,name", PAGES, ids=[n for _, n in PAGES])

@@ -11,6 +11,7 @@ import threading
 import streamlit as st
 
 from core.capture import Capture, InputError, run_forward
+from ui.navigation import ensure_app_navigation
 from core.models import (
     DEVICES,
     DTYPES,
@@ -88,7 +89,7 @@ def _picker_form(spec: ModelSpec) -> ModelSpec | None:
         quant = c2.selectbox("quantization", list(QUANTIZATIONS),
                              index=list(QUANTIZATIONS).index(spec.quantization),
                              help="8-bit / 4-bit NF4 through bitsandbytes (CPU or CUDA)")
-        if not st.form_submit_button("Load model", use_container_width=True):
+        if not st.form_submit_button("Load model", width="stretch"):
             return None
     source = hub_id if choice == HUB_CHOICE else choice
     return parse_spec(source, dtype, device, quant)
@@ -99,6 +100,7 @@ def model_picker() -> LoadedModel:
 
     A failed load shows its reason and keeps the model that was loaded before.
     """
+    ensure_app_navigation()
     spec = current_spec()
     try:
         new = _picker_form(spec)

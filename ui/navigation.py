@@ -42,3 +42,22 @@ PAGES: tuple[PageInfo, ...] = (
 
 def available_pages() -> list[PageInfo]:
     return [p for p in PAGES if (ROOT / p.path).is_file()]
+
+
+def ensure_app_navigation() -> None:
+    """Route a deep link through Home.py's st.navigation.
+
+    Streamlit decides per process, before any script has run, that an app with a `pages/` folder uses the
+    legacy pages mode; until Home.py has called st.navigation once, a page opened by its URL runs alone
+    (no sections, no wide layout). Switching the flag off and rerunning runs Home.py, which resolves the
+    same page from the URL. The flag is internal to Streamlit, hence the guard.
+    """
+    import streamlit as st
+
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - a future Streamlit without it
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()

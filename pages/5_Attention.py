@@ -1,0 +1,188 @@
+"""Attention: every head's attention on the user's text, head statistics, token-to-token lines, rollout."""
+
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+import streamlit as st
+import torch
+
+from core import attention as core_attn
+from core.architecture import config_dims
+from ui import attention as charts
+from ui.explain import how_computed
+from ui.models import forward, model_picker
+
+MAX_TOKENS = 256  # 30 layers x 9 heads x 256 x 256 weights is already 70 MB per text
+# A repeated sentence: previous-token and induction-like heads show up on the second copy.
+DEFAULT_TEXT = ("The little robot walked into the kitchen and asked the chef for a cup of tea. The chef smiled "
+                "and said: the little robot walked into the kitchen and asked the chef for a cup of tea.")
+DEFAULT_TEXT_2 = "Alice gave Bob a book because Bob had asked Alice for something to read on the train."
+
+st.title("👀 Attention")
+lm = model_picker()
+dims = config_dims(lm.config)
+groups = core_attn.kv_groups(lm.config)
+
+
+def explain(layer: int = 0, head: int = 0, text: str = DEFAULT_TEXT) -> None:
+    quoted = shlex.quote(text) if len(text) <= 200 else "'YOUR TEXT'"
+    how_computed(core_attn.head_statistics, core_attn.attention_rollout, core_attn.token_edges,
+                 core_attn.kv_head_of,
+                 command=f"python -m core attention {lm.spec.cli()} --text {quoted} "
+                         f"--layer {layer} --head {head} --json",
+                 note="The attention weights are the model's own: it runs with eager attention and returns "
+                      "softmax(QKᵀ/√d + mask) for every layer and head (`output_attentions=True`). "
+                      "Everything below is read from those tensors; nothing is recomputed or simulated.")
+
+
+st.markdown(
+    "Each attention head decides, for every token (the **query**), how much to read from each earlier token "
+    "(the **keys**). A row of the matrix is one query token and sums to 1. The model is causal: a token cannot "
+    "look ahead, so the upper triangle is masked (grey).")
+
+text = st.text_area("Text", DEFAULT_TEXT, key="attn_text", height=90,
+                    help=f"Up to {MAX_TOKENS} tokens are used (longer texts are cut).")
+compare = st.toggle("Compare with a second text", key="attn_compare")
+text_2 = st.text_area("Second text", DEFAULT_TEXT_2, key="attn_text2", height=68) if compare else None
+
+cap = forward(lm, text, max_tokens=MAX_TOKENS)
+if cap is None:
+    explain()
+    st.stop()
+if cap.seq_len < 2:
+    st.info(f"The text is a single token ({cap.labels[0]}). Attention needs at least two tokens: with one "
+            "token the only possible attention is the token to itself (a 1 × 1 matrix of weight 1). "
+            "Type a longer text.")
+    explain(text=text)
+    st.stop()
+
+attn = charts.attention_array(lm.spec.key, text, MAX_TOKENS, cap)  # [layers, heads, seq, seq]
+n_layers, n_heads, seq, _ = attn.shape
+causal = core_attn.is_causal(torch.from_numpy(attn[-1]))
+
+# Widgets keep their value across model changes; bring it back in range first.
+for key, limit in (("attn_layer", n_layers), ("attn_head", n_heads)):
+    if st.session_state.get(key, 0) >= limit:
+        st.session_state[key] = limit - 1
+
+c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
+with c1:
+    layer = st.slider("Layer", 0, n_layers - 1, key="attn_layer") if n_layers > 1 else 0
+with c2:
+    head = st.selectbox("Head", list(range(n_heads)), key="attn_head", format_func=lambda h: (
+        f"head {h} · KV {core_attn.kv_head_of(h, n_heads, len(groups))}" if len(groups) < n_heads else f"head {h}"))
+with c3:
+    view = st.radio("Show", ["this head", "average of the layer's heads"], key="attn_view")
+with c4:
+    scale = st.radio("Colour", ["√ weight", "weight"], key="attn_scale",
+                     help="The square root keeps weak patterns visible next to a strong first-token sink.")
+sqrt = scale == "√ weight"
+head_avg = view != "this head"
+
+
+def selected(matrix_stack: np.ndarray) -> np.ndarray:
+    """[seq, seq] of the chosen layer: one head or the head average."""
+    if head_avg:
+        return core_attn.head_average(torch.from_numpy(matrix_stack[layer:layer + 1]))[0].numpy()
+    return matrix_stack[layer, head]
+
+
+def big_heatmap(matrix: np.ndarray, labels: list[str], title: str, size: int | None = None,
+                axes: tuple[str, str] = ("query (attending)", "key (attended to)")) -> None:
+    if len(labels) <= charts.ALTAIR_MAX_SEQ:
+        st.altair_chart(charts.matrix_chart(matrix, labels, causal, sqrt, title, size=size, axes=axes),
+                        width="content")
+    else:
+        st.image(charts.matrix_png(matrix, causal, sqrt), caption=f"{title} (image: {len(labels)} tokens is "
+                 f"too many for a hover chart; rows = {axes[0]}, columns = {axes[1]})")
+
+
+# ---------------------------------------------------------------- all heads
+st.subheader("Every head at a glance")
+grid = charts.grid(lm.spec.key, text, MAX_TOKENS, sqrt, groups, cap)
+st.image(charts.grid_png(grid, layer, None if head_avg else head), width=grid.rgb.shape[1])  # shrinks to fit
+kv_note = (f" Heads are grouped by the K/V head they share (grouped-query attention: {n_heads} query heads, "
+           f"{len(groups)} K/V heads; `kvG` in the labels)." if len(groups) < n_heads else "")
+st.caption(f"Columns = layers 0–{n_layers - 1}, rows = heads 0–{n_heads - 1}; each square is one head's "
+           f"{seq} × {seq} attention matrix (query rows, key columns), colour = "
+           f"{'√ weight' if sqrt else 'weight'} from 0 (dark) to 1 (yellow), grey = masked future, "
+           f"red frame = the selection below.{kv_note}")
+
+# ---------------------------------------------------------------- the selected head
+what = f"layer {layer}, " + ("mean of all heads" if head_avg else f"head {head}")
+st.subheader(f"Layer {layer}, {'all heads averaged' if head_avg else f'head {head}'}")
+stats = charts.statistics(lm.spec.key, text, MAX_TOKENS, cap)
+if len(groups) < n_heads and not head_avg:
+    kv = core_attn.kv_head_of(head, n_heads, len(groups))
+    st.markdown(f"Query head {head} reads **K/V head {kv}**, which it shares with heads "
+                f"{', '.join(str(h) for h in groups[kv] if h != head) or 'none'}: their keys and values are "
+                f"the same, only the queries differ.")
+m = st.columns(5)
+for col, name, label in zip(m, ("entropy", "sink", "previous", "self", "distance"),
+                            ("Entropy (nats)", "To first token", "To previous token", "To itself",
+                             "Mean distance")):
+    value = stats[name][layer].mean() if head_avg else stats[name][layer, head]
+    col.metric(label, f"{value:.3f}" if name != "distance" else f"{value:.1f} tokens",
+               help=core_attn.STATISTICS[name] + ". Mean over query positions 1…n−1.")
+if compare:
+    st.caption("The numbers above are for the first text.")
+    cap_2 = forward(lm, text_2 or "", max_tokens=MAX_TOKENS)
+    left, right = st.columns(2)
+    with left:
+        big_heatmap(selected(attn), cap.labels, f"Text 1: {what}", size=270)
+    with right:
+        if cap_2 is None:
+            pass
+        elif cap_2.seq_len < 2:
+            st.info("The second text is a single token: attention needs at least two tokens.")
+        else:
+            attn_2 = charts.attention_array(lm.spec.key, text_2, MAX_TOKENS, cap_2)
+            big_heatmap(selected(attn_2), cap_2.labels, f"Text 2: {what}", size=270)
+else:
+    big_heatmap(selected(attn), cap.labels, what)
+
+# ---------------------------------------------------------------- token to token
+st.subheader("Token to token")
+t1, t2 = st.columns([1, 2])
+threshold = t1.slider("Show weights of at least", 0.01, 1.0, 0.1, 0.01, key="attn_threshold")
+focus = t2.selectbox("Lines from", ["every token"] + cap.labels, key="attn_focus")
+query = None if focus == "every token" else cap.labels.index(focus)
+edges = core_attn.token_edges(torch.from_numpy(selected(attn)), threshold, query)
+if edges:
+    st.altair_chart(charts.edges_chart(edges, cap.labels), width="content")
+    st.caption(f"{len(edges)} lines: each query token (left) to the tokens it reads (right); thicker and darker "
+               f"= more weight. {what}.")
+else:
+    st.info(f"No attention weight reaches {threshold:.2f} in {what}; lower the threshold.")
+
+# ---------------------------------------------------------------- head statistics
+st.subheader("Head statistics across the model")
+stat = st.radio("Statistic", list(core_attn.STATISTICS), key="attn_stat", horizontal=True,
+                format_func=lambda s: {"entropy": "entropy", "sink": "first token (sink)", "previous": "previous token",
+                                       "self": "itself", "distance": "mean distance"}[s])
+st.altair_chart(charts.head_grid_chart(stats[stat], stats, core_attn.STATISTICS[stat], stat),
+                width="content")
+st.altair_chart(charts.head_grid_chart(stats["type"], stats, "Head types (rough heuristic, hover for the numbers)",
+                                       "type", nominal=True), width="content")
+counts = {t: int((stats["type"] == t).sum()) for t in core_attn.HEAD_TYPES}
+st.caption("Means over query positions 1…n−1 (position 0 can only attend to itself). Type: the target that gets "
+           "≥ 50% of the attention on average, else *broad* (entropy ≥ 80% of uniform) or *mixed*. "
+           + " · ".join(f"{t}: {n}" for t, n in counts.items()))
+
+# ---------------------------------------------------------------- rollout
+st.subheader("Attention rollout")
+st.markdown("How much of each input token reaches a position after several layers, following attention through "
+            "the residual connections (Abnar & Zuidema 2020): each layer's head-averaged attention A becomes "
+            "r·I + (1−r)·A, rows renormalised, multiplied layer by layer.")
+residual = st.slider("Residual weight r", 0.0, 1.0, 0.5, 0.05, key="attn_residual",
+                     help="0.5 is the paper's choice: half of what a position carries forward is itself.")
+rolled = charts.rollout(lm.spec.key, text, MAX_TOKENS, residual, cap)  # [layers, seq, seq]
+big_heatmap(rolled[layer], cap.labels, f"Rollout through layers 0–{layer}",
+            axes=("position", "input token it carries"))
+st.altair_chart(charts.bar_chart(rolled[layer, -1], cap.labels,
+                                 f"What the last token ({cap.labels[-1]}) draws from, after layer {layer}"),
+                width="stretch")
+
+explain(layer, head, text)

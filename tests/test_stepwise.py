@@ -1,0 +1,304 @@
+"""The hand-computed forward pass (core/stepwise.py), the `forward` CLI command and the Forward pass page."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+from pagetest import assert_clean, run_page
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.models.llama.modeling_llama import repeat_kv as hf_repeat_kv
+
+from core import stepwise as sw
+from core.capture import run_forward
+from core.cli import main
+from core.models import LoadedModel, ModelSpec
+
+PAGE = "pages/3_Forward_pass.py"
+TEXT = "The cat sat on the mat because it was tired. Language models read text one token at a time."
+
+
+def capture_for(lm, text=TEXT):
+    return run_forward(lm, text, hook_modules=sw.parity_hooks(lm))
+
+
+# ---------------------------------------------------------------- parity with the model
+
+
+def assert_parity(lm, p: sw.Parity) -> None:
+    n = lm.config.num_hidden_layers
+    assert len(p.per_layer) == n and len(p.attn_weights) == n
+    assert p.embeddings <= sw.PARITY_TOLERANCE
+    assert max(p.per_layer) <= sw.PARITY_TOLERANCE, p.per_layer
+    assert max(p.attn_weights) <= 1e-5
+    assert p.final_norm <= sw.PARITY_TOLERANCE
+    assert p.logits <= sw.PARITY_TOLERANCE
+    assert p.chained_logits is not None and p.chained_logits <= 1e-3
+    assert p.ok
+
+
+def test_parity_every_layer_tiny(tiny):
+    assert_parity(tiny, sw.parity(tiny, capture_for(tiny), chained=True))
+
+
+@pytest.mark.embedded
+def test_parity_every_layer_embedded(embedded):
+    cap = capture_for(embedded, TEXT + " Emoji 🌍 and 中文 too.")
+    assert_parity(embedded, sw.parity(embedded, cap, chained=True))
+
+
+def test_parity_detects_a_wrong_input(load):
+    """The check has teeth: feeding layer 1 the embeddings instead of hidden_states[1] is caught."""
+    lm = load("tiny-llama")
+    cap = capture_for(lm)
+    wrong = sw.layer_by_hand(lm, 1, cap.hidden_states[0]).layer_output
+    assert (wrong - sw.layer_targets(lm, cap)[1]).abs().max() > 1e-3
+
+
+def test_last_hidden_state_is_final_norm(load):
+    """transformers 5: hidden_states[-1] is the final-normed output, not the last block's raw output."""
+    lm = load("tiny-llama")
+    cap = capture_for(lm)
+    raw = cap.module_outputs[sw.anatomy(lm).layer_names[-1]]
+    assert (raw - cap.hidden_states[-1]).abs().max() > 1e-2
+    final = sw.final_by_hand(lm, raw)
+    torch.testing.assert_close(final.final_norm, cap.hidden_states[-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(final.logits, cap.logits, atol=1e-4, rtol=0)
+
+
+def test_layer_targets_need_the_hook(load):
+    lm = load("tiny-gpt2")
+    with pytest.raises(ValueError, match="parity_hooks"):
+        sw.layer_targets(lm, run_forward(lm, TEXT))
+
+
+# ---------------------------------------------------------------- the pieces, against known math
+
+
+@pytest.mark.embedded
+def test_rope_tables_match_the_models_rotary_embedding(embedded):
+    rope = sw.rope_tables(embedded, 12)
+    base = embedded.model.model
+    x = torch.zeros(1, 12, embedded.config.hidden_size)
+    cos, sin = base.rotary_emb(x, torch.arange(12)[None])
+    torch.testing.assert_close(rope.cos, cos[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(rope.sin, sin[0], atol=1e-6, rtol=0)
+    assert rope.theta == 100000.0 and rope.inv_freq.shape == (32,)
+    assert float(rope.inv_freq[0]) == 1.0  # dims (0, 32) turn one radian per position
+    torch.testing.assert_close(rope.angles[5, 0], torch.tensor(5.0))
+
+
+def test_rope_preserves_length_and_position_zero(load):
+    lm = load("tiny-llama")
+    steps = sw.layer_by_hand(lm, 0, capture_for(lm).hidden_states[0])
+    torch.testing.assert_close(steps.query_rope.norm(dim=-1), steps.query_states.norm(dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(steps.query_rope[:, 0], steps.query_states[:, 0])  # angle 0 at position 0
+
+
+@pytest.mark.embedded
+def test_gqa_grouping_and_repeat_kv(embedded, load):
+    a = sw.anatomy(embedded)
+    assert (a.n_heads, a.n_kv_heads, a.head_dim) == (9, 3, 64)
+    assert a.kv_groups == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert sw.anatomy(load("tiny-qwen2")).kv_groups == [[0, 1, 2, 3]]
+    kv = torch.randn(3, 5, 4)
+    torch.testing.assert_close(sw.repeat_kv(kv, 3), hf_repeat_kv(kv[None], 3)[0])
+
+
+def test_layer_steps_shapes_mask_and_softmax(load):
+    lm = load("tiny-qwen2")  # 4 heads sharing 1 KV head, head_dim 16, QKV biases
+    cap = capture_for(lm)
+    seq = cap.seq_len
+    s = sw.layer_by_hand(lm, 1, cap.hidden_states[1])
+    assert s.query_states.shape == (4, seq, 16)
+    assert s.key_states.shape == s.value_states.shape == (1, seq, 16)
+    assert s.key_repeated.shape == (4, seq, 16)
+    assert s.scores.shape == s.attn_weights.shape == (4, seq, seq)
+    assert s.mlp_gate.shape == (seq, 172) and s.layer_output.shape == (seq, 64)
+    assert s.scaling == 16 ** -0.5
+    future = torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1)
+    assert torch.isinf(s.mask[future]).all() and (s.mask[~future] == 0).all()
+    assert (s.attn_weights[:, future] == 0).all()
+    torch.testing.assert_close(s.attn_weights.sum(-1), torch.ones(4, seq))
+    assert lm.model.model.layers[1].self_attn.q_proj.bias is not None  # the biases are really used
+    torch.testing.assert_close(s.q_proj, s.attn_norm @ lm.model.model.layers[1].self_attn.q_proj.weight.T
+                               + lm.model.model.layers[1].self_attn.q_proj.bias, atol=1e-5, rtol=0)
+
+
+def test_norms_written_out(load):
+    lm = load("tiny-llama")
+    x = torch.randn(3, 64)
+    module = lm.model.model.layers[0].input_layernorm
+    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + module.variance_epsilon) * module.weight
+    torch.testing.assert_close(sw.rms_norm(x, module), expected)
+    gpt2 = load("tiny-gpt2")
+    ln = gpt2.model.transformer.h[0].ln_1
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    torch.testing.assert_close(sw.layer_norm(x, ln), (x - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias)
+    stats = sw.norm_statistics(x, "RMSNorm", 1e-6)
+    torch.testing.assert_close(stats["rms"], torch.sqrt((x ** 2).mean(-1) + 1e-6))
+
+
+def test_anatomy_of_each_family(load):
+    gpt2, llama = sw.anatomy(load("tiny-gpt2")), sw.anatomy(load("tiny-llama"))
+    assert (gpt2.norm_kind, gpt2.mlp_kind, gpt2.positions) == ("LayerNorm", "GELU MLP", "learned")
+    assert gpt2.intermediate_size == 256  # n_inner=None means 4 * hidden
+    assert (llama.norm_kind, llama.mlp_kind, llama.positions) == ("RMSNorm", "SwiGLU", "RoPE")
+    assert gpt2.layer_names == ("transformer.h.0", "transformer.h.1")
+    assert llama.final_norm_name == "model.norm"
+
+
+def test_unsupported_family_says_so():
+    config = AutoConfig.for_model("gpt_neox", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, vocab_size=100)
+    model = AutoModelForCausalLM.from_config(config)
+    lm = LoadedModel(model=model, tokenizer=None, spec=ModelSpec("some/neox"), load_seconds=0.0, loaded_from="test")
+    with pytest.raises(sw.UnsupportedModel, match="gpt_neox"):
+        sw.anatomy(lm)
+
+
+def test_residual_norms(load):
+    lm = load("tiny-gpt2")
+    cap = capture_for(lm)
+    norms = sw.residual_norms(lm, cap)
+    assert norms.shape == (3, cap.seq_len)
+    torch.testing.assert_close(norms[1], cap.hidden_states[1].norm(dim=-1))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def run_cli(*args: str) -> tuple[int, dict | None]:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(list(args))
+    return code, json.loads(out.getvalue()) if code == 0 else None
+
+
+def test_cli_forward_with_parity(load):
+    code, result = run_cli("forward", "--model", "tiny-gpt2", "--text", "Hello world", "--top-k", "3",
+                           "--check-parity", "--generate", "2")
+    assert code == 0
+    lm = load("tiny-gpt2")
+    assert result["ids"] == lm.encode("Hello world") and result["tokens"] == ["Hello", " world"]
+    probs = run_forward(lm, "Hello world").next_token_probs()
+    top = torch.topk(probs, 3)
+    assert [r["id"] for r in result["top_k"]] == top.indices.tolist()
+    assert result["top_k"][0]["prob"] == pytest.approx(float(top.values[0]), rel=1e-5)
+    assert set(result["top_k"][0]) == {"token", "id", "prob"}
+    assert len(result["parity"]["per_layer"]) == 2
+    assert max(result["parity"]["per_layer"]) <= 1e-4 and result["parity"]["ok"]
+    assert len(result["continuation"]["ids"]) == 2
+
+
+def test_cli_forward_bad_input():
+    assert run_cli("forward", "--model", "tiny-llama", "--text", "   ")[0] == 2
+    assert run_cli("forward", "--model", "tiny-llama", "--text", "hi", "--top-k", "0")[0] == 2
+    assert run_cli("forward", "--model", "tiny-llama", "--text", "hi", "--position", "99")[0] == 2
+
+
+# ---------------------------------------------------------------- the page
+
+
+def sidebar_selectbox(at, label):
+    return next(s for s in at.selectbox if s.label == label)
+
+
+def parity_captions(at) -> list[str]:
+    return [c.value for c in at.caption if c.value.startswith(("✅", "❌"))]
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama", "tiny-qwen2",
+                                   pytest.param("embedded", marks=pytest.mark.embedded)])
+def test_page_runs_and_checks_parity(model, load):
+    at = run_page(PAGE, model)
+    assert_clean(at)
+    assert at.success and "every layer" in at.success[0].value
+    assert all(c.startswith("✅") for c in parity_captions(at)) and len(parity_captions(at)) >= 6
+    assert not at.error
+    layers = 30 if model == "embedded" else 2
+    at.slider(key="fp_layer").set_value(layers - 1).run()
+    assert_clean(at)
+    assert any(c.startswith(f"✅ Layer {layers - 1}:") for c in parity_captions(at))
+    at.slider(key="fp_head").set_value(1).run()
+    at.slider(key="fp_dims").set_value(20).run()
+    sidebar_selectbox(at, "Token to follow").set_value(0).run()
+    at.slider(key="fp_topk").set_value(3).run()
+    assert_clean(at)
+    top = next(df.value for df in at.dataframe if "hand prob" in df.value.columns)
+    assert len(top) == 3
+    lm = load(model)
+    probs = run_forward(lm, at.text_area(key="fp_text").value).next_token_probs(0)  # token 0 is followed now
+    assert top["id"].tolist() == torch.topk(probs, 3).indices.tolist()
+    # the page computes one row of logits (a matrix-vector product): rounding differs from the model's GEMM
+    assert top["hand prob"].tolist() == pytest.approx(top["prob"].tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("", "info"),
+    ("   \n ", "info"),
+    ("a " * 10_000, "warning"),
+    ("你好，世界 🌍🚀 こんにちは", None),
+])
+def test_page_bad_input(text, expect):
+    at = run_page(PAGE, "tiny-llama", fp_text=text)
+    assert_clean(at)
+    if expect == "info":
+        assert at.info and "empty" in at.info[0].value
+    elif expect == "warning":
+        assert at.warning and "only the first" in at.warning[0].value
+    else:
+        assert at.success
+
+
+def test_page_keeps_sliders_in_range_when_the_model_changes():
+    at = run_page(PAGE, "tiny-llama", fp_layer=25, fp_head=8)
+    assert_clean(at)
+    assert at.slider(key="fp_layer").value == 1 and at.slider(key="fp_head").value == 3
+
+
+def test_page_on_an_unsupported_family_explains_and_still_predicts(monkeypatch):
+    def refuse(_lm):
+        raise sw.UnsupportedModel("The step-by-step hand computation covers GPT-2 style and Llama style models")
+
+    monkeypatch.setattr(sw, "anatomy", refuse)
+    at = run_page(PAGE, "tiny-llama")
+    assert_clean(at)
+    assert at.warning and "GPT-2 style and Llama style" in at.warning[0].value
+    assert not at.success  # no parity claim without a hand computation
+    assert any("prob" in df.value.columns for df in at.dataframe)  # top-k from the model itself
+
+
+def from_config(model_type: str, **fields) -> LoadedModel:
+    """A small random model of another family, speaking the embedded tokenizer."""
+    from core.models import embedded_tokenizer
+
+    tokenizer = embedded_tokenizer()
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=128, **fields)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=ModelSpec(f"test-{model_type}"), load_seconds=0.0,
+                       loaded_from="test")
+
+
+@pytest.mark.parametrize("model_type, fields", [
+    ("mistral", {"sliding_window": 5}),  # a window shorter than the text: the mask is banded
+    ("qwen3", {"head_dim": 16}),  # q_norm / k_norm on each head, head_dim not hidden / heads
+    ("llama", {"attention_bias": True, "mlp_bias": True, "rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                                             "rope_theta": 500.0}}),
+    ("gpt2", {"scale_attn_by_inverse_layer_idx": True, "activation_function": "relu"}),
+])
+def test_parity_on_other_families(model_type, fields):
+    lm = from_config(model_type, **fields)
+    cap = capture_for(lm)
+    p = sw.parity(lm, cap, chained=True)
+    assert max(p.per_layer) <= sw.PARITY_TOLERANCE and p.final_norm <= sw.PARITY_TOLERANCE, p
+    assert max(p.attn_weights) <= 1e-5 and p.logits <= sw.PARITY_TOLERANCE
+    if model_type == "mistral":
+        mask = sw.layer_by_hand(lm, 0, cap.hidden_states[0]).mask
+        assert torch.isinf(mask[10, 5]) and mask[10, 6] == 0 and torch.isinf(mask[10, 11])

@@ -1,0 +1,124 @@
+"""Charts and cached wrapper for the Logit lens page (the math is in core/lens.py)."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import lens as core_lens
+from core.capture import Capture, token_display
+from core.models import LoadedModel
+
+PLOT_SIZE = alt.AutoSizeParams(type="pad")  # width/height = the cells, axes and legend come on top
+
+
+@st.cache_data(show_spinner="Applying the final norm and LM head after every layer…", max_entries=16)
+def logit_lens(model_key: str, text: str, max_tokens: int, targets: tuple[int, ...] | None,
+               positions: tuple[int, ...], _lm: LoadedModel, _cap: Capture) -> dict:
+    """core.lens.logit_lens for some positions as numpy arrays, plus the last-layer parity with the logits."""
+    pos = list(positions)
+    result = core_lens.logit_lens(_lm.model, _cap, list(targets) if targets is not None else None, positions=pos)
+    return {"positions": pos, "top_ids": result.top_ids.numpy(), "top_probs": result.top_probs.numpy(),
+            "target_ids": result.target_ids.numpy(), "target_ranks": result.target_ranks.numpy(),
+            "target_probs": result.target_probs.numpy(), "final_norm": result.final_norm,
+            "parity": core_lens.final_layer_difference(_lm.model, _cap, pos)}
+
+
+def layer_names(layers: int) -> list[str]:
+    """Row labels: 0 is the embedding output, `layers` the output of the last block."""
+    return ["0 · embeddings"] + [str(i) for i in range(1, layers)] + [f"{layers} · last"]
+
+
+def decode_map(lm: LoadedModel, ids: np.ndarray) -> dict[int, str]:
+    """Each distinct id decoded once, whitespace made visible."""
+    unique = [int(i) for i in np.unique(ids) if i >= 0]
+    return dict(zip(unique, (token_display(t) for t in lm.token_strings(unique))))
+
+
+def _short(s: str, n: int = 7) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def lens_frame(lm: LoadedModel, lens: dict, labels: list[str]) -> pd.DataFrame:
+    """One row per (layer, position) of a lens result, with the top tokens and the target's rank."""
+    names = decode_map(lm, np.concatenate([lens["top_ids"].ravel(), lens["target_ids"]]))
+    layers = lens["top_ids"].shape[0] - 1
+    ynames = layer_names(layers)
+    rows = []
+    for layer in range(layers + 1):
+        for n, p in enumerate(lens["positions"]):
+            ids = lens["top_ids"][layer, n]
+            probs = lens["top_probs"][layer, n]
+            target = int(lens["target_ids"][n])
+            rank = int(lens["target_ranks"][layer, n])
+            rows.append({
+                "layer": ynames[layer], "layer_index": layer, "position": labels[p],
+                "top token": names[int(ids[0])], "label": _short(names[int(ids[0])]),
+                "probability": float(probs[0]),
+                "top 3": "  ".join(f"{names[int(i)]} {q:.2f}" for i, q in zip(ids, probs)),
+                "target": names.get(target, "—"),
+                "target rank": rank if target >= 0 else None,
+                "target probability": float(lens["target_probs"][layer, n]) if target >= 0 else None,
+                "log10 rank": float(np.log10(rank)) if target >= 0 else None,
+            })
+    return pd.DataFrame(rows)
+
+
+def _base(df: pd.DataFrame, labels: list[str], layers: int, width_per: int) -> alt.Chart:
+    order = list(dict.fromkeys(df["position"]))
+    return alt.Chart(df).encode(
+        x=alt.X("position:O", sort=order, title="position (the token the prediction is made at)",
+                axis=alt.Axis(labelAngle=-50, labelLimit=90, orient="top", labelOverlap=False)),
+        y=alt.Y("layer:O", sort=layer_names(layers)[::-1], title="layer"),
+        tooltip=["layer:N", "position:N", "top 3:N", alt.Tooltip("probability:Q", format=".3f"),
+                 "target:N", "target rank:Q", alt.Tooltip("target probability:Q", format=".4f")],
+    ).properties(width=width_per * len(order), height=max(120, 17 * (layers + 1)))
+
+
+def top_token_chart(df: pd.DataFrame, labels: list[str], layers: int) -> alt.LayerChart:
+    """Layer x position: the lens's top token as text, its probability as colour."""
+    base = _base(df, labels, layers, 46)
+    rect = base.mark_rect().encode(color=alt.Color("probability:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]),
+                                                   title="top-1 prob"))
+    text = base.mark_text(fontSize=10).encode(
+        text="label:N", color=alt.condition("datum.probability > 0.55", alt.value("white"), alt.value("black")))
+    return alt.layer(rect, text).properties(autosize=PLOT_SIZE)
+
+
+def rank_chart(df: pd.DataFrame, labels: list[str], layers: int) -> alt.LayerChart:
+    """Layer x position: rank of the tracked token (1 = top), log colour scale."""
+    base = _base(df[df["target rank"].notna()], labels, layers, 46)
+    rect = base.mark_rect().encode(color=alt.Color("log10 rank:Q", scale=alt.Scale(scheme="orangered", reverse=True,
+                                                                                  domainMin=0),
+                                                   title="log₁₀ rank"))
+    text = base.mark_text(fontSize=9).encode(
+        text=alt.Text("target rank:Q", format="d"),
+        color=alt.condition("datum['log10 rank'] < 1.5", alt.value("white"), alt.value("black")))
+    return alt.layer(rect, text).properties(autosize=PLOT_SIZE)
+
+
+def trajectory_chart(lens: dict, position: int = 0) -> alt.Chart:
+    """Across layers, at one position (index into the lens result): probability of the tracked and top token."""
+    layers = lens["top_ids"].shape[0] - 1
+    df = pd.DataFrame({"layer": list(range(layers + 1)) * 2,
+                       "series": ["tracked token"] * (layers + 1) + ["top token at that layer"] * (layers + 1),
+                       "probability": np.concatenate([lens["target_probs"][:, position],
+                                                      lens["top_probs"][:, position, 0]]).astype(float)})
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("layer:Q", scale=alt.Scale(domain=[0, layers])),
+        y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("series:N", title=None),
+        tooltip=["layer:Q", "series:N", alt.Tooltip("probability:Q", format=".4f")],
+    ).properties(height=260)
+
+
+def rank_line_chart(lens: dict, position: int = 0) -> alt.Chart:
+    layers = lens["top_ids"].shape[0] - 1
+    df = pd.DataFrame({"layer": range(layers + 1), "rank": lens["target_ranks"][:, position].astype(int)})
+    return alt.Chart(df).mark_line(point=True, color="#e8590c").encode(
+        x=alt.X("layer:Q", scale=alt.Scale(domain=[0, layers])),
+        y=alt.Y("rank:Q", scale=alt.Scale(type="log", reverse=True), title="rank of the tracked token (1 = top)"),
+        tooltip=["layer:Q", "rank:Q"],
+    ).properties(height=260)

@@ -1,0 +1,180 @@
+"""Cached wrappers and charts for the Weights and Parameter statistics pages (the math is in core/)."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import weights as core_weights
+from core.models import LoadedModel
+from core.params import check_tying, count_parameters, weight_memory
+
+STAT_LABELS = {
+    "frobenius": "Frobenius norm ‖W‖",
+    "mean": "mean",
+    "std": "standard deviation",
+    "kurtosis": "excess kurtosis",
+    "max_abs": "max |w|",
+    "min": "min",
+    "max": "max",
+    "near_zero_share": "share of near-zero weights",
+}
+
+
+# ---------------------------------------------------------------- cached computations (key = model spec)
+
+
+# cache_resource: one shared, read-only result per model; core also keeps it on disk across restarts.
+@st.cache_resource(show_spinner="Computing the statistics of every weight, layer by layer…", max_entries=4)
+def _stats(model_key: str, _lm: LoadedModel) -> core_weights.WeightStats:
+    return core_weights.weight_stats(_lm.model, model_key)
+
+
+def weight_stats(lm: LoadedModel) -> core_weights.WeightStats:
+    return _stats(lm.spec.key, lm)
+
+
+@st.cache_data(show_spinner="Computing the singular values…", max_entries=32)
+def spectrum(model_key: str, name: str, _lm: LoadedModel) -> dict:
+    s = core_weights.spectrum(_lm.model.get_parameter(name))
+    return {"singular_values": s.singular_values, "effective_rank": s.effective_rank,
+            "stable_rank": s.stable_rank, "method": s.method}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def pooled(model_key: str, name: str, mode: str, _lm: LoadedModel) -> np.ndarray:
+    return core_weights.pool_matrix(_lm.model.get_parameter(name), mode=mode)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def parameter_report(model_key: str, _lm: LoadedModel) -> dict:
+    return {"counts": count_parameters(_lm.model), "tying": check_tying(_lm.model),
+            "memory": weight_memory(_lm.model)}
+
+
+def forget_on_model_change(lm: LoadedModel, *keys: str) -> None:
+    """Widget choices (matrix kinds, layers) belong to one model: drop them when another is loaded,
+    so the new model starts from the defaults instead of an empty selection."""
+    marker = f"_model_of_{'_'.join(keys)}"
+    if st.session_state.get(marker) != lm.spec.key:
+        for key in keys:
+            st.session_state.pop(key, None)
+        st.session_state[marker] = lm.spec.key
+
+
+# ---------------------------------------------------------------- tables
+
+
+def stats_frame(ws: core_weights.WeightStats) -> pd.DataFrame:
+    """One row per parameter (a few hundred rows): the table and the CSV download."""
+    df = pd.DataFrame(ws.rows)
+    df["shape"] = df["shape"].map(lambda s: " × ".join(map(str, s)))
+    df["layer"] = df["layer"].astype("Int64")
+    return df[["name", "layer", "kind", "shape", "dtype", "count", "mean", "std", "min", "max", "max_abs",
+               "frobenius", "kurtosis", "near_zero_share"]]
+
+
+def layer_frame(ws: core_weights.WeightStats, stat: str, kinds: list[str]) -> pd.DataFrame:
+    """Long form [layer, matrix, value] of one statistic, for the kinds asked."""
+    values = ws.table[stat]
+    frames = [pd.DataFrame({"layer": np.arange(ws.n_layers), "matrix": core_weights.short_name(k),
+                            "kind": k, "value": values[:, ws.kinds.index(k)]}) for k in kinds]
+    return pd.concat(frames, ignore_index=True).dropna()
+
+
+# ---------------------------------------------------------------- charts (Altair: modest sizes with hover)
+
+
+def layer_chart(df: pd.DataFrame, title: str, log: bool = False) -> alt.Chart:
+    y = alt.Y("value:Q", title=title, scale=alt.Scale(type="log") if log else alt.Scale(zero=False))
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1)),
+        y=y,
+        color=alt.Color("matrix:N", title="matrix", sort=list(dict.fromkeys(df["matrix"]))),
+        tooltip=["matrix", "kind", "layer", alt.Tooltip("value:Q", title=title, format=".5g")],
+    ).properties(height=320)
+
+
+def histogram_heatmap(edges: np.ndarray, counts: np.ndarray, title: str, log: bool = True) -> alt.Chart:
+    """Layers x bins (shared bins), colour = count: one chart for one kind of matrix."""
+    layers, bins = counts.shape
+    lo, hi = edges[:-1], edges[1:]
+    df = pd.DataFrame({
+        "layer": np.repeat(np.arange(layers), bins),
+        "from": np.tile(lo, layers), "to": np.tile(hi, layers),
+        "count": counts.reshape(-1),
+    })
+    df["shade"] = np.log10(1 + df["count"]) if log else df["count"]
+    return alt.Chart(df).mark_rect().encode(
+        x=alt.X("from:Q", bin="binned", title="weight value", axis=alt.Axis(format=".2g", tickCount=5)),
+        x2="to:Q",
+        y=alt.Y("layer:O", title="layer", axis=alt.Axis(values=list(range(0, layers, max(1, layers // 10))))),
+        color=alt.Color("shade:Q", title="log₁₀(1+count)" if log else "count", scale=alt.Scale(scheme="viridis"),
+                        legend=None),
+        tooltip=["layer", alt.Tooltip("from:Q", format=".4g"), alt.Tooltip("to:Q", format=".4g"), "count"],
+    ).properties(title=title, height=max(90, min(260, 9 * layers)))
+
+
+def spectrum_chart(singular_values: np.ndarray, log: bool = True) -> alt.Chart:
+    s = np.asarray(singular_values, dtype=np.float64)
+    df = pd.DataFrame({"index": np.arange(1, len(s) + 1), "sigma": s})
+    if log:
+        df = df[df["sigma"] > 0]
+    return alt.Chart(df).mark_line(point=len(df) <= 200).encode(
+        x=alt.X("index:Q", title="i (largest first)"),
+        y=alt.Y("sigma:Q", title="singular value σ", scale=alt.Scale(type="log") if log else alt.Scale()),
+        tooltip=["index", alt.Tooltip("sigma:Q", format=".5g")],
+    ).properties(height=280)
+
+
+def bar_share_chart(df: pd.DataFrame, category: str, title: str) -> alt.Chart:
+    """Horizontal bars of `parameters` per `category`, with the share of the total on hover and as text."""
+    base = alt.Chart(df).encode(
+        y=alt.Y(f"{category}:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False, labelLimit=220)),
+        x=alt.X("parameters:Q", title=title),
+        tooltip=[category, alt.Tooltip("parameters:Q", format=","), alt.Tooltip("share:Q", format=".2%")],
+    )
+    return (base.mark_bar() + base.mark_text(align="left", dx=3).encode(text=alt.Text("share:Q", format=".1%"))
+            ).properties(height=max(120, 32 * len(df)))
+
+
+def per_layer_chart(rows: list[dict]) -> alt.Chart:
+    df = pd.DataFrame(rows).melt(id_vars=["layer"], value_vars=["attention", "mlp", "norms", "other"],
+                                 var_name="part", value_name="parameters")
+    df = df[df["parameters"] > 0]
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("layer:O", title="layer"),
+        y=alt.Y("parameters:Q", title="parameters", stack=True),
+        color=alt.Color("part:N", title=None),
+        tooltip=["layer", "part", alt.Tooltip("parameters:Q", format=",")],
+    ).properties(height=260)
+
+
+COMPONENT_LABELS = {
+    "embeddings": "token embeddings", "position_embeddings": "position embeddings",
+    "attention_q": "attention Q", "attention_k": "attention K", "attention_v": "attention V",
+    "attention_o": "attention O (output)", "attention_other": "attention (other)", "mlp": "MLP",
+    "norms": "norms", "lm_head": "LM head (untied)", "other": "other",
+}
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def component_frame(by_component: dict[str, int]) -> pd.DataFrame:
+    total = sum(by_component.values()) or 1
+    return pd.DataFrame([{"component": COMPONENT_LABELS.get(k, k), "parameters": v, "share": v / total}
+                         for k, v in by_component.items()])
+
+
+def memory_frame(memory: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"format": m["format"], "bytes per weight": m["bytes_per_weight"],
+                          "weights": human_bytes(m["weights_bytes"]),
+                          "+ scales (estimate)": human_bytes(m["scales_bytes"]) if m["scales_bytes"] else "—",
+                          "total": human_bytes(m["total_bytes"])} for m in memory])
