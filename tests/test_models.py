@@ -147,3 +147,12 @@ def test_quantized_4bit_embedded_still_predicts(embedded):
     assert top_k(lm, cap.next_token_probs(), 1)[0]["token"] == " Paris"
     assert lm.card()["memory_bytes"] < embedded.card()["memory_bytes"] / 2
     assert lm.card()["parameters"] == 134_515_008
+
+
+def test_without_the_wheel_the_default_comes_from_the_hub(tmp_path, monkeypatch):
+    # Streamlit Community Cloud installs requirements.txt only: no GGUF, so the same model from the Hub.
+    monkeypatch.setenv("LLM_LAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "embedded_gguf_path", lambda: None)
+    with pytest.raises(ModelLoadError, match="HuggingFaceTB/SmolLM2-135M-Instruct.*cannot be downloaded"):
+        load_model("embedded")
