@@ -36,7 +36,7 @@ test: setup-dev
 	$(PY) -m pytest
 
 bench: setup-dev
-	for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	for f in bench/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

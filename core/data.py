@@ -35,7 +35,8 @@ def config_from_dict(fields: dict[str, Any]) -> PretrainedConfig:
     try:
         return config_class(**rest)
     except Exception as exc:  # noqa: BLE001 - config classes validate with assorted exception types
-        raise ValueError(f"invalid {model_type} config: {str(exc).splitlines()[0]}") from exc
+        reason = exc.__cause__ or exc  # strict-dataclass validators wrap the readable error in a header line
+        raise ValueError(f"invalid {model_type} config: {str(reason).splitlines()[0]}") from exc
 
 
 def reference_config(model_id: str) -> PretrainedConfig:

@@ -446,7 +446,10 @@ def model_outputs(lm: LoadedModel, cap: Capture, final: sw.FinalSteps | None, po
     left.dataframe(table, width="stretch", hide_index=True, column_config=config)
     chart = alt.Chart(table).mark_bar().encode(
         x=alt.X("prob:Q", title="probability"), y=alt.Y("token:N", sort="-x", title=None), tooltip=list(table.columns))
-    right.altair_chart(chart.properties(height=max(120, 24 * len(table))), width="stretch")
+    # fit-x: the height is the bars' own (plain "fit" counts the axis in it and hides every other label)
+    right.altair_chart(chart.properties(height=max(40, 22 * len(table)),
+                                        autosize=alt.AutoSizeParams(type="fit-x", contains="padding")),
+                       width="stretch")
 
     step(19, "Chosen token and greedy continuation", r"\text{next} = \arg\max_v\, p(v)",
          "Greedy decoding appends the most likely token and runs the model again, one token at a time. "

@@ -269,14 +269,25 @@ leading_space = c2.checkbox("Leading space", True, key="emb_space",
                             help="Mid-sentence words carry their leading space: ' king' and 'king' are different tokens.")
 chosen: dict[int, str] = {}
 split_notes = []
-for word in [w.strip() for w in words_text.split(",") if w.strip()][:MAX_CHOSEN_TOKENS]:
+cut = len(words_text) > MAX_SENTENCE_CHARS
+for word in [w.strip() for w in words_text[:MAX_SENTENCE_CHARS].split(",") if w.strip()]:
+    if len(chosen) >= MAX_CHOSEN_TOKENS:
+        cut = True
+        break
     ids = lm.encode((" " if leading_space else "") + word)
-    if len(ids) > 1:
-        split_notes.append(f"`{word}` → {' · '.join(show(t) for t in lm.token_strings(ids))}")
+    cut = cut or len(ids) > MAX_CHOSEN_TOKENS - len(chosen)
+    ids = ids[:MAX_CHOSEN_TOKENS - len(chosen)]
+    if len(ids) > 1:  # a pasted paragraph is one long "word": keep the note and the charts small
+        short = word if len(word) <= 40 else word[:40] + "…"
+        split_notes.append(f"`{short}` → {' · '.join(show(t) for t in lm.token_strings(ids[:12]))}"
+                           + (" · …" if len(ids) > 12 else ""))
     for i, t in zip(ids, lm.token_strings(ids)):
         chosen.setdefault(i, show(t))
 if split_notes:
-    st.caption("Split into several tokens (each is used): " + ";  ".join(split_notes))
+    st.caption("Split into several tokens (each is used): " + ";  ".join(split_notes[:10])
+               + (f";  … and {len(split_notes) - 10} more" if len(split_notes) > 10 else ""))
+if cut:
+    st.warning(f"Only the first {MAX_CHOSEN_TOKENS} tokens of the list are used; shorten it to see the others.")
 if not chosen:
     st.info("Type one or more words, separated by commas, to see their token vectors.")
 else:
@@ -333,8 +344,9 @@ else:
             x=alt.X("b:N", sort=labels_, title=None, axis=alt.Axis(labelOverlap=False)),
             y=alt.Y("a:N", sort=labels_, title=None, axis=alt.Axis(labelOverlap=False)),
             color=alt.Color("cosine:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True)),
-            tooltip=["a", "b", alt.Tooltip("cosine:Q", format=".3f")]),
-            width="stretch", height=max(240, 26 * len(labels_) + 120))
+            tooltip=["a", "b", alt.Tooltip("cosine:Q", format=".3f")]
+        ).properties(height=max(60, 22 * len(labels_)),  # fit-x: the cells get this height, the labels come on top
+                     autosize=alt.AutoSizeParams(type="fit-x", contains="padding")), width="stretch")
 
 # ---------------------------------------------------------------- 4. positions
 

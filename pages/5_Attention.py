@@ -128,12 +128,15 @@ for col, name, label in zip(m, ("entropy", "sink", "previous", "self", "distance
                help=core_attn.STATISTICS[name] + ". Mean over query positions 1…n−1.")
 if compare:
     st.caption("The numbers above are for the first text.")
-    cap_2 = forward(lm, text_2 or "", max_tokens=MAX_TOKENS)
     left, right = st.columns(2)
     with left:
         big_heatmap(selected(attn), cap.labels, f"Text 1: {what}", size=270)
-    with right:
-        if cap_2 is None:
+    with right:  # a truncation warning for the second text lands beside its heatmap
+        has_text_2 = bool(text_2 and text_2.strip())
+        cap_2 = forward(lm, text_2, max_tokens=MAX_TOKENS) if has_text_2 else None
+        if not has_text_2:
+            st.info("The second text is empty: type a sentence to compare with the first.")
+        elif cap_2 is None:
             pass
         elif cap_2.seq_len < 2:
             st.info("The second text is a single token: attention needs at least two tokens.")

@@ -308,7 +308,9 @@ def test_page_bad_pasted_configs_and_offline_hub():
     assert_clean(at)
     assert "Paste the contents" in at.info[0].value  # nothing pasted yet
     for text, message in [("{oops", "not valid JSON"), ("[1]", "JSON object"),
-                          ('{"model_type": "not_a_model"}', "not_a_model"), ("  ", None)]:
+                          ('{"model_type": "not_a_model"}', "not_a_model"), ("  ", None),
+                          ('{"model_type": "llama", "hidden_size": 65, "num_attention_heads": 4}',
+                           "hidden size (65) is not a multiple of the number of attention heads (4)")]:
         at.text_area(key="arch_paste").set_value(text).run()
         assert_clean(at)
         if message:

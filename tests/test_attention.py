@@ -203,6 +203,9 @@ def test_page_on_tiny_models(model, load):
     at.toggle(key="attn_compare").set_value(True).run()
     assert_clean(at)
     assert any("Text 2" in str(c.proto.spec) for c in at.get("vega_lite_chart"))
+    at.text_area(key="attn_text2").set_value("  ").run()
+    assert_clean(at)
+    assert any("second text is empty" in m.value for m in at.info)
 
 
 @pytest.mark.embedded

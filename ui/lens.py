@@ -12,6 +12,7 @@ from core.capture import Capture, token_display
 from core.models import LoadedModel
 
 PLOT_SIZE = alt.AutoSizeParams(type="pad")  # width/height = the cells, axes and legend come on top
+LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")  # whole layers only (a 2-layer model got 0.5 ticks)
 
 
 @st.cache_data(show_spinner="Applying the final norm and LM head after every layer…", max_entries=16)
@@ -107,7 +108,7 @@ def trajectory_chart(lens: dict, position: int = 0) -> alt.Chart:
                        "probability": np.concatenate([lens["target_probs"][:, position],
                                                       lens["top_probs"][:, position, 0]]).astype(float)})
     return alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("layer:Q", scale=alt.Scale(domain=[0, layers])),
+        x=alt.X("layer:Q", scale=alt.Scale(domain=[0, layers]), axis=LAYER_AXIS),
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("series:N", title=None),
         tooltip=["layer:Q", "series:N", alt.Tooltip("probability:Q", format=".4f")],
@@ -118,7 +119,7 @@ def rank_line_chart(lens: dict, position: int = 0) -> alt.Chart:
     layers = lens["top_ids"].shape[0] - 1
     df = pd.DataFrame({"layer": range(layers + 1), "rank": lens["target_ranks"][:, position].astype(int)})
     return alt.Chart(df).mark_line(point=True, color="#e8590c").encode(
-        x=alt.X("layer:Q", scale=alt.Scale(domain=[0, layers])),
+        x=alt.X("layer:Q", scale=alt.Scale(domain=[0, layers]), axis=LAYER_AXIS),
         y=alt.Y("rank:Q", scale=alt.Scale(type="log", reverse=True), title="rank of the tracked token (1 = top)"),
         tooltip=["layer:Q", "rank:Q"],
     ).properties(height=260)

@@ -64,7 +64,12 @@ def get_model(spec: ModelSpec) -> LoadedModel:
     with st.status(f"Loading {spec.label}…", expanded=bool(first)) as status:
         if first:
             st.write(first)
-        lm = _cached_model(spec.key, spec)
+        try:
+            lm = _cached_model(spec.key, spec)
+        except ModelLoadError:
+            status.update(label=f"Could not load {spec.label}: the reason is in the sidebar", state="error",
+                          expanded=False)
+            raise
         status.update(label=f"Loaded {spec.label} in {lm.load_seconds:.1f} s", state="complete", expanded=False)
     with _loaded_lock:
         _loaded_keys.add(spec.key)

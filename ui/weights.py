@@ -11,6 +11,10 @@ from core import weights as core_weights
 from core.models import LoadedModel
 from core.params import check_tying, count_parameters, weight_memory
 
+# width = the column, height = the plot area: Streamlit's default "fit" counts title and axes in the height,
+# which squeezes a short chart (a 2-layer model's histograms) down to nothing.
+FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
+
 STAT_LABELS = {
     "frobenius": "Frobenius norm ‖W‖",
     "mean": "mean",
@@ -114,7 +118,7 @@ def histogram_heatmap(edges: np.ndarray, counts: np.ndarray, title: str, log: bo
         color=alt.Color("shade:Q", title="log₁₀(1+count)" if log else "count", scale=alt.Scale(scheme="viridis"),
                         legend=None),
         tooltip=["layer", alt.Tooltip("from:Q", format=".4g"), alt.Tooltip("to:Q", format=".4g"), "count"],
-    ).properties(title=title, height=max(90, min(260, 9 * layers)))
+    ).properties(title=title, height=max(36, min(200, 7 * layers)), autosize=FIT_WIDTH)
 
 
 def spectrum_chart(singular_values: np.ndarray, log: bool = True) -> alt.Chart:
