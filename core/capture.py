@@ -57,6 +57,17 @@ class Capture:
                 "were used.")
 
 
+    @property
+    def byte_fragment_notice(self) -> str | None:
+        """Emoji and many CJK characters are several bytes; a byte-level BPE may split one character over
+        tokens that mean nothing alone, and such a token decodes to the replacement character."""
+        n = sum("\ufffd" in t for t in self.tokens)
+        if not n:
+            return None
+        return (f"{n} of the {len(self.tokens)} tokens are fragments of a multi-byte character (an emoji or a "
+                "CJK character split into bytes): alone they decode to �, together they spell the character.")
+
+
 def token_display(token: str) -> str:
     """Make whitespace visible: a leading space as ␣, newlines as ⏎, tabs as ⇥."""
     return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
@@ -137,9 +148,21 @@ def top_k(lm: LoadedModel, probs: torch.Tensor, k: int = 10) -> list[dict]:
     return [{"token": t, "id": i, "prob": float(p)} for t, i, p in zip(lm.token_strings(ids), ids, values.tolist())]
 
 
+def generation_room(lm: LoadedModel, n_ids: int) -> int | None:
+    """How many tokens fit after `n_ids` before the model's context ends (None: no stated limit).
+    Past it, learned position tables are indexed out of range (GPT-2) and RoPE models extrapolate."""
+    context = getattr(lm.config, "max_position_embeddings", None)
+    return None if context is None else max(0, int(context) - n_ids)
+
+
 @torch.inference_mode()
 def greedy_continuation(lm: LoadedModel, ids: list[int], max_new_tokens: int = 20) -> list[int]:
-    """The model's own greedy decode (generate, do_sample=False) after `ids`."""
+    """The model's own greedy decode (generate, do_sample=False) after `ids`, stopped at the context end."""
+    room = generation_room(lm, len(ids))
+    if room is not None:
+        max_new_tokens = min(max_new_tokens, room)
+    if max_new_tokens <= 0:
+        return []
     input_ids = torch.tensor([ids], device=lm.device)
     out = lm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                             max_new_tokens=max_new_tokens, do_sample=False,

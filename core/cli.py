@@ -259,8 +259,10 @@ def cmd_weights(args: argparse.Namespace) -> Any:
     result = {"model": lm.spec.label, **report(stats, args.layer, args.matrix, args.all_parameters,
                                                args.histograms)}
     if args.spectrum:
-        name = next(r["name"] for r in stats.rows if r["layer"] == args.layer
-                    and args.matrix in (r["module"], r["kind"]) and len(r["shape"]) == 2)
+        name = next((r["name"] for r in stats.rows if r["layer"] == args.layer
+                     and args.matrix in (r["module"], r["kind"]) and len(r["shape"]) == 2), None)
+        if name is None:
+            raise ValueError(f"--spectrum needs a 2-D weight matrix; {args.matrix} in layer {args.layer} is not one")
         spec = spectrum(lm.model.get_parameter(name))
         result["spectrum"] = {"parameter": name, "method": spec.method,
                               "effective_rank": spec.effective_rank, "stable_rank": spec.stable_rank,

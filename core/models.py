@@ -450,7 +450,8 @@ def load_model(spec: ModelSpec | str, progress: Callable[[str], None] | None = N
     else:
         say(f"Fetching {spec.source}")
         model, tokenizer, where = _from_hub(spec, dtype, extra)
-    if "device_map" not in extra:
+    if not getattr(model, "hf_device_map", None):
+        # Built in memory (tiny models, the first GGUF load): nothing placed it yet.
         target = "cuda" if spec.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
         model = model.to(target)
     model.eval()

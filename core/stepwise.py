@@ -16,8 +16,8 @@ through the final norm; the raw output of the last block is therefore read from 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, fields
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -121,31 +121,34 @@ def parity_hooks(lm: LoadedModel) -> tuple[str, ...]:
 # ---------------------------------------------------------------- small pieces, written out
 
 
-def _w(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A parameter as a CPU float32 tensor (no copy when it already is one)."""
-    return None if t is None else t.detach().float().cpu()
+def _w(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A parameter as float32 on the device of `x` (no copy when it already is).
+
+    The hand computation runs where the model runs: a GPU's GEMMs sum in another order than the CPU's, and
+    on the large residual activations of trained models that alone moves results by ~1e-3."""
+    return None if t is None else t.detach().to(device=x.device, dtype=torch.float32)
 
 
 def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """nn.Linear: x W^T + b.  x [seq, in] -> [seq, out]."""
-    return nn.functional.linear(x, _w(module.weight), _w(module.bias))
+    return nn.functional.linear(x, _w(module.weight, x), _w(module.bias, x))
 
 
 def conv1d(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """GPT-2's Conv1D is a linear layer with the weight stored transposed: x W + b.  [seq, in] -> [seq, out]."""
-    return torch.addmm(_w(module.bias), x, _w(module.weight))
+    return torch.addmm(_w(module.bias, x), x, _w(module.weight, x))
 
 
 def rms_norm(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) * w, in float32 like HF.  [seq, hidden] -> [seq, hidden]."""
     eps = norm_eps(module)
     variance = x.pow(2).mean(-1, keepdim=True)
-    return _w(module.weight) * (x * torch.rsqrt(variance + eps))
+    return _w(module.weight, x) * (x * torch.rsqrt(variance + eps))
 
 
 def layer_norm(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) * w + b.  [seq, hidden] -> [seq, hidden]."""
-    return nn.functional.layer_norm(x, x.shape[-1:], _w(module.weight), _w(module.bias), module.eps)
+    return nn.functional.layer_norm(x, x.shape[-1:], _w(module.weight, x), _w(module.bias, x), module.eps)
 
 
 def norm(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -187,6 +190,25 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+_GELU_TANH = (r"\mathrm{GELU}(z) \approx \tfrac12 z\,\big(1 + \tanh(\sqrt{2/\pi}\,(z + 0.044715 z^3))\big)")
+# (symbol, definition) for the formulas on the step-by-step page.
+ACTIVATION_FORMULAS: dict[str, tuple[str, str]] = {
+    "silu": (r"\mathrm{SiLU}", r"\mathrm{SiLU}(z) = z\,\sigma(z) = \frac{z}{1 + e^{-z}}"),
+    "swish": (r"\mathrm{SiLU}", r"\mathrm{SiLU}(z) = z\,\sigma(z) = \frac{z}{1 + e^{-z}}"),
+    "gelu_new": (r"\mathrm{GELU}", _GELU_TANH),
+    "gelu_fast": (r"\mathrm{GELU}", _GELU_TANH),
+    "gelu_pytorch_tanh": (r"\mathrm{GELU}", _GELU_TANH),
+    "gelu": (r"\mathrm{GELU}", r"\mathrm{GELU}(z) = z\,\Phi(z) = \tfrac12 z\,\big(1 + \mathrm{erf}(z/\sqrt2)\big)"),
+    "relu": (r"\mathrm{ReLU}", r"\mathrm{ReLU}(z) = \max(0, z)"),
+}
+
+
+def activation_formula(name: str) -> tuple[str, str]:
+    """(symbol, LaTeX definition) of a config's activation; unknown names are shown by name."""
+    return ACTIVATION_FORMULAS.get(name, (rf"\mathrm{{{name}}}".replace("_", r"\_"),
+                                          rf"\text{{{name} (transformers' implementation)}}".replace("_", r"\_")))
+
+
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation written out; an unknown name falls back to transformers' own implementation."""
     if name in ACTIVATIONS:
@@ -213,9 +235,10 @@ class RopeTables:
     sin: torch.Tensor
 
 
-def rope_tables(lm: LoadedModel, seq_len: int) -> RopeTables:
+def rope_tables(lm: LoadedModel, seq_len: int, device: torch.device | str = "cpu") -> RopeTables:
     """RoPE computed from the config (default type); scaled variants (llama3, yarn, ...) reshape inv_freq,
-    so for those the model's own inv_freq and attention scaling are read from its rotary_emb module."""
+    so for those the model's own inv_freq and attention scaling are read from its rotary_emb module.
+    Angles, cos and sin are computed on `device`, as the model does (cos on a GPU may differ by an ulp)."""
     a = anatomy(lm)
     params = getattr(lm.config, "rope_parameters", None) or {}
     rope_type = params.get("rope_type", "default")
@@ -227,10 +250,11 @@ def rope_tables(lm: LoadedModel, seq_len: int) -> RopeTables:
         rotary = _base(lm).rotary_emb
         inv_freq = rotary.inv_freq.detach().float().cpu()
         scaling = float(rotary.attention_scaling)
-    positions = torch.arange(seq_len, dtype=torch.float)
-    freqs = positions[:, None] * inv_freq[None, :]
+    positions = torch.arange(seq_len, dtype=torch.float, device=device)
+    freqs = positions[:, None] * inv_freq.to(device)[None, :]
     angles = torch.cat((freqs, freqs), dim=-1)
-    return RopeTables(rope_type, theta, inv_freq, angles, angles.cos() * scaling, angles.sin() * scaling)
+    return RopeTables(rope_type, theta, inv_freq, angles.cpu(), (angles.cos() * scaling).cpu(),
+                      (angles.sin() * scaling).cpu())
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -282,14 +306,18 @@ class EmbeddingSteps:
     hidden_states: torch.Tensor
 
 
+def _rows(weight: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """Rows of an embedding table, looked up where it lives, as CPU float32 [len(ids), hidden]."""
+    return weight.detach()[torch.tensor(list(ids), dtype=torch.long, device=weight.device)].float().cpu()
+
+
 def embeddings_by_hand(lm: LoadedModel, ids: list[int]) -> EmbeddingSteps:
     a = anatomy(lm)
-    idx = torch.tensor(ids, dtype=torch.long)
-    token = _w(lm.model.get_input_embeddings().weight)[idx]
+    token = _rows(lm.model.get_input_embeddings().weight, ids)
     position = None
     hidden = token
     if a.style == "gpt2":
-        position = _w(_base(lm).wpe.weight)[torch.arange(len(ids))]
+        position = _rows(_base(lm).wpe.weight, range(len(ids)))
         hidden = token + position
     return EmbeddingSteps(token, position, hidden)
 
@@ -386,15 +414,16 @@ def _attention(a: Anatomy, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 
 @torch.inference_mode()
 def layer_by_hand(lm: LoadedModel, layer: int, layer_input: torch.Tensor) -> LayerSteps:
-    """Run decoder layer `layer` from its weights on `layer_input` [seq, hidden] (float32, CPU)."""
+    """Run decoder layer `layer` from its weights on `layer_input` [seq, hidden], on the layer's device;
+    every tensor returned is float32 on the CPU."""
     a = anatomy(lm)
     if not 0 <= layer < a.n_layers:
         raise ValueError(f"layer {layer} does not exist; this model has layers 0 to {a.n_layers - 1}.")
     block = lm.model.get_submodule(a.layer_names[layer])
-    x = layer_input.detach().float().cpu()
+    x = layer_input.detach().to(device=_device(block), dtype=torch.float32)
     seq = x.shape[0]
     d = a.head_dim
-    mask = causal_mask(seq, _sliding_window(lm, layer))
+    mask = causal_mask(seq, _sliding_window(lm, layer)).to(x.device)
     extras: dict[str, torch.Tensor] = {}
     if a.style == "gpt2":
         attn, mlp = block.attn, block.mlp
@@ -416,8 +445,9 @@ def layer_by_hand(lm: LoadedModel, layer: int, layer_input: torch.Tensor) -> Lay
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's dims before RoPE
             extras["query_before_q_norm"], extras["key_before_k_norm"] = q, k
             q, k = rms_norm(q, attn.q_norm), rms_norm(k, attn.k_norm)
-        rope = rope_tables(lm, seq)
-        q_rope, k_rope = apply_rope(q, rope.cos, rope.sin), apply_rope(k, rope.cos, rope.sin)
+        rope = rope_tables(lm, seq, x.device)
+        cos, sin = rope.cos.to(x.device), rope.sin.to(x.device)
+        q_rope, k_rope = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         scaling = d ** -0.5
     k_rep, v_rep, scores, weights, context, merged = _attention(a, q_rope, k_rope, v, scaling, mask)
     if a.style == "gpt2":
@@ -441,9 +471,23 @@ def layer_by_hand(lm: LoadedModel, layer: int, layer_input: torch.Tensor) -> Lay
     eps = block_norm_eps(block, a)
     extras.update({f"attn_norm_{k}": v for k, v in norm_statistics(x, a.norm_kind, eps).items()})
     extras.update({f"mlp_norm_{k}": v for k, v in norm_statistics(resid, a.norm_kind, eps).items()})
-    return LayerSteps(layer, scaling, _sliding_window(lm, layer), x, h, q_lin, k_lin, v_lin, q, k, v, rope,
-                      q_rope, k_rope, k_rep, v_rep, scores, mask, weights, context, merged, attn_out, resid, h2,
-                      gate, up, act, hidden, mlp_out, out, extras)
+    return _on_cpu(LayerSteps(layer, scaling, _sliding_window(lm, layer), x, h, q_lin, k_lin, v_lin, q, k, v,
+                              rope, q_rope, k_rope, k_rep, v_rep, scores, mask, weights, context, merged,
+                              attn_out, resid, h2, gate, up, act, hidden, mlp_out, out, extras))
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _on_cpu(steps: LayerSteps) -> LayerSteps:
+    """Move every tensor of `steps` to the CPU, where pages and tests read them."""
+    for f in fields(steps):
+        value = getattr(steps, f.name)
+        if isinstance(value, torch.Tensor):
+            setattr(steps, f.name, value.cpu())
+    steps.extras = {k: v.cpu() for k, v in steps.extras.items()}
+    return steps
 
 
 # ---------------------------------------------------------------- final norm and logits
@@ -470,9 +514,10 @@ class FinalSteps:
 def final_by_hand(lm: LoadedModel, last_output: torch.Tensor) -> FinalSteps:
     """last_output [seq, hidden] (the last block's output) -> final norm -> lm_head logits."""
     a = anatomy(lm)
-    h = norm(last_output.detach().float().cpu(), lm.model.get_submodule(a.final_norm_name))
     head = lm.model.get_output_embeddings()
-    return FinalSteps(h, linear(h, head))
+    h = norm(last_output.detach().to(device=_device(head), dtype=torch.float32),
+             lm.model.get_submodule(a.final_norm_name))
+    return FinalSteps(h.cpu(), linear(h, head).cpu())
 
 
 # ---------------------------------------------------------------- parity with the model

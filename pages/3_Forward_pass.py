@@ -13,7 +13,7 @@ import streamlit as st
 import torch
 
 from core import stepwise as sw
-from core.capture import Capture, greedy_continuation, token_display, top_k
+from core.capture import Capture, generation_room, greedy_continuation, token_display, top_k
 from core.models import LoadedModel
 from ui.charts import heatmap_image
 from ui.explain import how_computed
@@ -357,18 +357,17 @@ def mlp_steps(v: View) -> None:
 
     # 13. MLP ----------------------------------------------------------------------------------
     inter = steps.mlp_gate.shape[-1]
+    act, act_definition = sw.activation_formula(a.activation)
     if a.style == "gpt2":
         step(13, f"MLP ({a.mlp_kind})",
-             [r"\mathrm{MLP}(h') = \mathrm{GELU}(h' W_{fc} + b_{fc})\,W_{proj} + b_{proj}",
-              r"\mathrm{GELU}(z) \approx \tfrac12 z\,\big(1 + \tanh(\sqrt{2/\pi}\,(z + 0.044715 z^3))\big)"],
-             "Works on each token alone: widens to 4× the hidden size, bends with GELU, projects back. Most "
-             "of a layer's parameters and much of its stored knowledge live here.",
+             [rf"\mathrm{{MLP}}(h') = {act}(h' W_{{fc}} + b_{{fc}})\,W_{{proj}} + b_{{proj}}", act_definition],
+             f"Works on each token alone: widens to {inter // a.hidden_size}× the hidden size, bends with "
+             f"{a.activation}, projects back. Most of a layer's parameters and much of its stored knowledge live here.",
              f"[{seq}, {inter}] → [{seq}, {a.hidden_size}]")
-        vectors({"c_fc(h')": steps.mlp_gate[pos], "GELU(·)": steps.mlp_act[pos]}, min(n_dims, inter))
+        vectors({"c_fc(h')": steps.mlp_gate[pos], f"{a.activation}(·)": steps.mlp_act[pos]}, min(n_dims, inter))
     else:
         step(13, f"MLP ({a.mlp_kind})",
-             [r"\mathrm{MLP}(h') = W_{down}\big(\mathrm{SiLU}(W_{gate} h') \odot W_{up} h'\big)",
-              r"\mathrm{SiLU}(z) = z\,\sigma(z) = \frac{z}{1 + e^{-z}}"],
+             [rf"\mathrm{{MLP}}(h') = W_{{down}}\big({act}(W_{{gate}} h') \odot W_{{up}} h'\big)", act_definition],
              "Works on each token alone: the gate decides, per hidden unit, how much of the up projection "
              "passes. Most of a layer's parameters live here.", f"[{seq}, {inter}] → [{seq}, {a.hidden_size}]")
         vectors({"gate = W_gate h'": steps.mlp_gate[pos], f"{a.activation}(gate)": steps.mlp_act[pos],
@@ -457,7 +456,12 @@ def model_outputs(lm: LoadedModel, cap: Capture, final: sw.FinalSteps | None, po
     st.markdown(f"Most likely after {cap.labels[pos]}: **{token_display(rows[0]['token'])}** "
                 f"(id {rows[0]['id']}, p = {rows[0]['prob']:.3f})")
     n_new = st.slider("Greedy continuation length (tokens)", 0, 50, 12, key="fp_generate")
-    if n_new:
+    room = generation_room(lm, cap.seq_len)
+    if n_new and room is not None and room < n_new:
+        st.info(f"The text fills {cap.seq_len:,} of the model's {cap.seq_len + room:,} positions: "
+                + (f"only {room} more token{'s' if room != 1 else ''} fit." if room else "no more tokens fit. "
+                   "Shorten the text to see a continuation."))
+    if n_new and room != 0:
         new_tokens, new_text = continuation(lm.spec.key, tuple(cap.ids), n_new, lm)
         prompt = lm.decode(cap.ids)
         st.code(("…" if len(prompt) > 300 else "") + prompt[-300:] + " ⟶" + new_text, language=None,

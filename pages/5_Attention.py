@@ -125,7 +125,9 @@ for col, name, label in zip(m, ("entropy", "sink", "previous", "self", "distance
                              "Mean distance")):
     value = stats[name][layer].mean() if head_avg else stats[name][layer, head]
     col.metric(label, f"{value:.3f}" if name != "distance" else f"{value:.1f} tokens",
-               help=core_attn.STATISTICS[name] + ". Mean over query positions 1…n−1.")
+               help=core_attn.STATISTICS[name] + ". Mean over query positions 1…n−1"
+                    + (", then over the layer's heads (for entropy: the heads' mean entropy, not the entropy "
+                       "of the averaged map)." if head_avg else "."))
 if compare:
     st.caption("The numbers above are for the first text.")
     left, right = st.columns(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import weights as core_weights
+from core.models import LoadedModel
 from ui import weights as ui
 from ui.charts import heatmap_image
 from ui.explain import how_computed
@@ -22,6 +23,42 @@ def explain(layer: int | None = None, matrix: str | None = None) -> None:
                  note="Every number is read from the loaded model's parameters, one parameter at a time in "
                       f"float32 chunks of {core_weights.CHUNK:,} weights (memory stays bounded even for a "
                       "233M-weight embedding). The results are cached per model in memory and on disk.")
+
+
+def heatmap_tab(lm: LoadedModel, name: str, row: dict) -> None:
+    """The matrix itself, pooled to at most ~20k cells and drawn as a server-side image."""
+    mode = st.radio("Pooling", ["mean", "absmax"], key="w_pool", horizontal=True,
+                    format_func={"mean": "mean of each block (keeps the sign)",
+                                 "absmax": "largest |w| of each block (shows outliers)"}.get)
+    pooled = ui.pooled(lm.spec.key, name, mode, lm)
+    rows, cols_ = row["shape"]
+    out_r, out_c = pooled.shape
+    scale = max(1, min(8, 720 // out_c, 900 // out_r))
+    st.image(heatmap_image(pooled, diverging=mode == "mean", scale=scale))
+    bound = float(abs(pooled).max())
+    block = ("every weight is one pixel" if (out_r, out_c) == (rows, cols_)
+             else f"pooled to {out_r} × {out_c} cells; each cell summarises about "
+                  f"{rows / out_r:.1f} × {cols_ / out_c:.1f} weights")
+    colours = (f"blue = negative, white = 0, red = positive (scale ±{bound:.3g})" if mode == "mean"
+               else f"dark = small, yellow = large |w| (up to {bound:.3g})")
+    st.caption(f"Rows are output features, columns input features ({rows} × {cols_}; GPT-2's Conv1D stores "
+               f"the transpose, input × output). {block.capitalize()}. Colours: {colours}.")
+
+
+def spectrum_tab(lm: LoadedModel, name: str, row: dict) -> None:
+    """Singular values and effective rank (an SVD: the expensive part of this page)."""
+    sv = ui.spectrum(lm.spec.key, name, lm)
+    full = min(row["shape"])
+    k = st.columns(3)
+    k[0].metric("Effective rank", f"{sv['effective_rank']:.1f}", help="exp(entropy of σᵢ / Σσ) (Roy & Vetterli "
+                "2007): equals r for a matrix with r equal singular values, 1 for a rank-one matrix.")
+    k[1].metric("Full rank", f"{full}")
+    k[2].metric("Stable rank", f"{sv['stable_rank']:.1f}", help="‖W‖²_F / σ_max²: how many directions carry "
+                "energy comparable to the strongest one.")
+    st.altair_chart(ui.spectrum_chart(sv["singular_values"]), width="stretch")
+    st.caption(f"{len(sv['singular_values'])} singular values, largest first, log scale · {sv['method']}. "
+               f"An effective rank of {sv['effective_rank']:.0f} out of {full} means the matrix spreads its "
+               f"energy over about {sv['effective_rank'] / full:.0%} of the possible directions.")
 
 
 st.markdown(
@@ -114,36 +151,13 @@ m[4].metric(f"|w| < {ws.threshold:g}", f"{row['near_zero_share']:.2%}")
 st.caption(f"`{name}` · {' × '.join(map(str, row['shape']))} = {row['count']:,} weights · {row['dtype']} · "
            f"mean {row['mean']:.3g} · min {row['min']:.4g} · max {row['max']:.4g}")
 
-tab_map, tab_svd = st.tabs(["Heatmap", "Singular values"])
-with tab_map:
-    mode = st.radio("Pooling", ["mean", "absmax"], key="w_pool", horizontal=True,
-                    format_func={"mean": "mean of each block (keeps the sign)",
-                                 "absmax": "largest |w| of each block (shows outliers)"}.get)
-    pooled = ui.pooled(lm.spec.key, name, mode, lm)
-    rows, cols_ = row["shape"]
-    out_r, out_c = pooled.shape
-    scale = max(1, min(8, 720 // out_c, 900 // out_r))
-    st.image(heatmap_image(pooled, diverging=mode == "mean", scale=scale))
-    bound = float(abs(pooled).max())
-    block = ("every weight is one pixel" if (out_r, out_c) == (rows, cols_)
-             else f"pooled to {out_r} × {out_c} cells; each cell summarises about "
-                  f"{rows / out_r:.1f} × {cols_ / out_c:.1f} weights")
-    colours = (f"blue = negative, white = 0, red = positive (scale ±{bound:.3g})" if mode == "mean"
-               else f"dark = small, yellow = large |w| (up to {bound:.3g})")
-    st.caption(f"Rows are output features, columns input features ({rows} × {cols_}; GPT-2's Conv1D stores "
-               f"the transpose, input × output). {block.capitalize()}. Colours: {colours}.")
-with tab_svd:
-    sv = ui.spectrum(lm.spec.key, name, lm)
-    full = min(row["shape"])
-    k = st.columns(3)
-    k[0].metric("Effective rank", f"{sv['effective_rank']:.1f}", help="exp(entropy of σᵢ / Σσ) (Roy & Vetterli "
-                "2007): equals r for a matrix with r equal singular values, 1 for a rank-one matrix.")
-    k[1].metric("Full rank", f"{full}")
-    k[2].metric("Stable rank", f"{sv['stable_rank']:.1f}", help="‖W‖²_F / σ_max²: how many directions carry "
-                "energy comparable to the strongest one.")
-    st.altair_chart(ui.spectrum_chart(sv["singular_values"]), width="stretch")
-    st.caption(f"{len(sv['singular_values'])} singular values, largest first, log scale · {sv['method']}. "
-               f"An effective rank of {sv['effective_rank']:.0f} out of {full} means the matrix spreads its "
-               f"energy over about {sv['effective_rank'] / full:.0%} of the possible directions.")
+# on_change="rerun": only the open tab runs, so the SVD is computed on demand, not on every matrix change.
+tab_map, tab_svd = st.tabs(["Heatmap", "Singular values"], key="w_tab", on_change="rerun")
+if tab_map.open:
+    with tab_map:
+        heatmap_tab(lm, name, row)
+if tab_svd.open:
+    with tab_svd:
+        spectrum_tab(lm, name, row)
 
 explain(layer, core_weights.module_name(kind) if in_layers else None)

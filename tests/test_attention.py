@@ -236,4 +236,5 @@ def test_page_emoji_and_cjk():
     at.text_area(key="attn_text").set_value("🙂🎉 你好，世界！ café").run()
     assert_clean(at)
     assert not at.info and not at.warning
+    assert any("fragments of a multi-byte character" in c.value for c in at.caption)  # why tokens show �
     assert at.get("vega_lite_chart")

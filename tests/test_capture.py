@@ -3,14 +3,15 @@
 import pytest
 import torch
 
-from core.capture import MAX_TOKENS, InputError, run_forward, token_display, tokenize_for_model
+from core.capture import (MAX_TOKENS, InputError, generation_room, greedy_continuation, run_forward, token_display,
+                          tokenize_for_model)
 
 
 def test_capture_matches_model_outputs(tiny):
     cap = run_forward(tiny, "The quick brown fox jumps over the lazy dog.")
     config = tiny.config
     with torch.inference_mode():
-        logits = tiny.model(torch.tensor([cap.ids])).logits[0]
+        logits = tiny.model(torch.tensor([cap.ids], device=tiny.device)).logits[0].cpu()
     assert torch.allclose(cap.logits, logits, atol=1e-6)
     assert len(cap.hidden_states) == config.num_hidden_layers + 1
     assert len(cap.attentions) == config.num_hidden_layers
@@ -66,6 +67,18 @@ def test_emoji_and_cjk(embedded):
     cap = run_forward(embedded, "I love 🍕 and 日本語!")
     assert embedded.decode(cap.ids) == "I love 🍕 and 日本語!"
     assert len(cap.labels) == len(set(cap.labels))  # unique axis labels even for repeated byte tokens
+    fragments = sum("\ufffd" in t for t in cap.tokens)
+    assert fragments >= 2 and cap.byte_fragment_notice.startswith(f"{fragments} of the {cap.seq_len} tokens")
+    assert run_forward(embedded, "I love pizza").byte_fragment_notice is None
+
+
+def test_greedy_continuation_stops_at_the_context_end(load):
+    lm = load("tiny-gpt2")  # 256 learned positions: one more would index past the table
+    ids = run_forward(lm, "word " * 1000).ids
+    assert len(ids) == 256 and generation_room(lm, len(ids)) == 0
+    assert greedy_continuation(lm, ids, 12) == []
+    assert 1 <= len(greedy_continuation(lm, ids[:250], 12)) <= 6  # may stop early at an end-of-text token
+    assert generation_room(lm, 250) == 6
 
 
 def test_token_display_makes_whitespace_visible():

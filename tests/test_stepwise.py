@@ -254,6 +254,31 @@ def test_page_bad_input(text, expect):
         assert at.success
 
 
+def test_page_long_text_on_learned_positions_has_no_room_to_generate(load):
+    at = run_page(PAGE, "tiny-gpt2", fp_text="a " * 10_000)  # fills all 256 learned positions
+    assert_clean(at)
+    assert any("no more tokens fit" in i.value for i in at.info)
+    text = "a" + " a" * 249  # 250 tokens: 6 positions left of 256
+    assert len(load("tiny-gpt2").encode(text)) == 250
+    at.text_area(key="fp_text").set_value(text).run()
+    assert_clean(at)
+    assert any("only 6 more tokens fit" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("model,symbol", [("tiny-gpt2", r"\mathrm{GELU}(h' W_{fc}"),
+                                          ("tiny-llama", r"W_{down}\big(\mathrm{SiLU}(W_{gate} h')")])
+def test_page_mlp_formula_uses_the_models_activation(model, symbol):
+    at = run_page(PAGE, model)
+    assert any(symbol in l.value for l in at.latex)
+
+
+def test_every_written_out_activation_has_its_formula():
+    assert set(sw.ACTIVATION_FORMULAS) == set(sw.ACTIVATIONS)
+    assert sw.activation_formula("relu") == (r"\mathrm{ReLU}", r"\mathrm{ReLU}(z) = \max(0, z)")
+    assert "erf" in sw.activation_formula("gelu")[1] and "tanh" in sw.activation_formula("gelu_new")[1]
+    assert sw.activation_formula("quick_gelu")[0] == r"\mathrm{quick\_gelu}"
+
+
 def test_page_keeps_sliders_in_range_when_the_model_changes():
     at = run_page(PAGE, "tiny-llama", fp_layer=25, fp_head=8)
     assert_clean(at)

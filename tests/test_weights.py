@@ -215,6 +215,7 @@ def test_cli_weights_json(capsys, load):
     (["--matrix", "c_attn"], "no matrix 'c_attn'"),
     (["--threshold", "0"], "--threshold must be a positive number"),
     (["--spectrum"], "--spectrum needs one matrix"),
+    (["--spectrum", "--layer", "0", "--matrix", "input_layernorm.weight"], "needs a 2-D weight matrix"),
 ])
 def test_cli_bad_input(capsys, argv, message):
     from core.cli import main
@@ -243,13 +244,23 @@ def test_page_runs_on_tiny_models(model, load):
     at = run_page(PAGE, model)
     assert_clean(at)
     ws = W.compute_weight_stats(load(model).model)
-    # One line chart + one histogram heatmap per matrix kind + the spectrum.
-    assert len(_charts(at)) == 1 + len(ws.matrix_kinds) + 1
+    # One line chart + one histogram heatmap per matrix kind; the heatmap tab is open, the SVD not run.
+    assert len(_charts(at)) == 1 + len(ws.matrix_kinds)
     first = ws.row(ws.name_of(0, ws.matrix_kinds[0]))
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Frobenius norm"] == f"{first['frobenius']:.4g}"
-    assert metrics["Full rank"] == str(min(first["shape"]))
+    assert "Full rank" not in metrics
     assert len(at.get("image")) == 1
+
+    at.session_state["w_tab"] = "Singular values"  # the user opens the spectrum tab: computed on demand
+    at.run()
+    assert_clean(at)
+    assert len(_charts(at)) == 1 + len(ws.matrix_kinds) + 1 and not at.get("image")
+    spectrum = W.spectrum(load(model).model.get_parameter(ws.name_of(0, ws.matrix_kinds[0])))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Full rank"] == str(min(first["shape"]))
+    assert metrics["Effective rank"] == f"{spectrum.effective_rank:.1f}"
+    at.session_state["w_tab"] = "Heatmap"
 
     at.selectbox(key="w_stat").set_value("kurtosis").run()
     at.select_slider(key="w_layer").set_value(1).run()
@@ -270,9 +281,11 @@ def test_page_embedded_and_embedding_matrix(embedded, embedded_stats):
     assert {m.label: m.value for m in at.metric}["Excess kurtosis"] == f"{kurt:.3g}"
     at.selectbox(key="w_matrix").set_value("model.embed_tokens.weight").run()
     assert_clean(at)
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Full rank"] == "576"
     assert any("285 × 70" in c.value for c in at.caption)  # the 49152 x 576 embedding, pooled
+    at.session_state["w_tab"] = "Singular values"
+    at.run()
+    assert_clean(at)
+    assert {m.label: m.value for m in at.metric}["Full rank"] == "576"
     charts = at.get("vega_lite_chart")
     assert _rows_sent(charts[0]) == 30 * 7  # layers x kinds, never one row per weight
     assert _rows_sent(charts[1]) == 30 * 80  # q_proj histogram: layers x bins

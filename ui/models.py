@@ -127,7 +127,8 @@ def model_picker() -> LoadedModel:
     return lm
 
 
-@st.cache_resource(show_spinner="Running the model…", max_entries=64)
+# A 512-token capture of the embedded model holds ~0.4 GB of attentions and logits: keep a few, shared.
+@st.cache_resource(show_spinner="Running the model…", max_entries=12, ttl=3600)
 def _cached_forward(key: str, text: str, max_tokens: int, hook_modules: tuple[str, ...],
                     _lm: LoadedModel) -> Capture:
     return run_forward(_lm, text, max_tokens=max_tokens, hook_modules=hook_modules)
@@ -142,4 +143,6 @@ def forward(lm: LoadedModel, text: str, max_tokens: int = 512, hook_modules: tup
         return None
     if cap.truncation_notice:
         st.warning(cap.truncation_notice)
+    if cap.byte_fragment_notice:
+        st.caption(f"ℹ️ {cap.byte_fragment_notice}")
     return cap
