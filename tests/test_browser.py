@@ -32,11 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+# The embedded model as a user gets it, and a tiny GPT-2 (learned positions, LayerNorm, GELU, fused QKV).
+MODELS = ("embedded", "tiny-gpt2")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def server(request, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = {**os.environ, "LLM_LAB_DEFAULT_MODEL": os.environ.get("LLM_LAB_BROWSER_MODEL", "embedded")}
+    env = {**os.environ, "LLM_LAB_DEFAULT_MODEL": request.param}
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port),
@@ -52,7 +56,7 @@ def server(tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail(f"streamlit did not start:\n{log.read_text()}")
-        yield url, log
+        yield url, log, request.param
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -97,14 +101,14 @@ PAGES = [(p.url_path, p.url_path) for p in available_pages()] + [("", "Home")]
 
 @pytest.mark.parametrize("path,name", PAGES, ids=[n for _, n in PAGES])
 def test_page_renders_without_exception(server, browser, path, name):
-    url, _log = server
-    problems = open_and_shoot(browser, f"{url}/{path}", name)
+    url, _log, model = server
+    problems = open_and_shoot(browser, f"{url}/{path}", name if model == "embedded" else f"{name}-{model}")
     assert not problems, problems
 
 
 def test_server_log_is_clean(server, browser):
-    url, log = server
-    open_and_shoot(browser, url, "Home")
+    url, log, model = server
+    open_and_shoot(browser, url, "Home" if model == "embedded" else f"Home-{model}")
     text = log.read_text()
     for bad in ("Traceback", "Examining the path of torch.classes", "Error"):
         assert bad not in text, text[-3000:]
