@@ -379,9 +379,14 @@ def model_tokens(lm: Any, text: str) -> list[dict[str, Any]]:
         raw = lm.tokenizer.convert_ids_to_tokens(ids)
         special = set(lm.tokenizer.all_special_ids)
     texts = lm.token_strings(ids)
+    # SentencePiece (Llama 2, Mistral) prepends a '▁' to the first word that the text does not hold;
+    # counting it would shift every cut point by one byte.
+    dummy_prefix = bool(raw) and raw[0].startswith("▁") and not text.startswith(" ")
     rows, offset = [], 0
     for i, (tid, r, t) in enumerate(zip(ids, raw, texts)):
         b = token_bytes(r) if tid not in special else t.encode("utf-8")
+        if i == 0 and dummy_prefix:
+            b = b[1:]
         rows.append({"position": i, "id": tid, "token": r, "text": t, "bytes": b.hex(" "),
                      "n_bytes": len(b), "start": offset, "end": offset + len(b), "special": tid in special})
         offset += len(b)

@@ -182,6 +182,31 @@ def test_model_tokens_rebuild_the_text_bytes(load):
     assert emoji and any(r["text"].endswith("�") or "�" in r["text"] for r in emoji)
 
 
+def test_model_tokens_of_a_sentencepiece_tokenizer_skip_the_dummy_prefix():
+    """Llama 2 / Mistral style: Metaspace '▁' for spaces, a '▁' prepended to the first word."""
+    import threading
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    raw.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    raw.train_from_iterator(["the king and the queen went to the castle"] * 50,
+                            trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    lm = SimpleNamespace(tokenizer=tok, tokenizer_lock=threading.Lock(),
+                         encode=lambda t: tok(t, add_special_tokens=False)["input_ids"],
+                         token_strings=lambda ids: [tok.decode([i]) for i in ids])
+    text = "the king went"
+    rows = bpe.model_tokens(lm, text)
+    assert rows[0]["token"].startswith("▁")  # the prefix is in the vocabulary entry...
+    assert b"".join(bytes.fromhex(r["bytes"]) for r in rows) == text.encode()  # ...not in the text's bytes
+    assert rows[-1]["end"] == len(text) and all(a["end"] == b["start"] for a, b in zip(rows, rows[1:]))
+    assert bpe.boundaries([(r["start"], r["end"]) for r in rows]) >= {3, 8, 13}  # the word ends
+
+
 def test_special_tokens(load):
     lm = load("tiny-gpt2")
     rows = {r["token"]: r for r in bpe.special_tokens(lm)}
