@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import attention as core_attn  # noqa: E402
 from core import stepwise as sw  # noqa: E402
 from core.capture import run_forward, top_k  # noqa: E402
+from core.data import tiny_shakespeare  # noqa: E402
 from core.lens import lens_hook_modules, logit_lens  # noqa: E402
 from core.models import ModelSpec, load_model  # noqa: E402
 from core.weights import weight_stats  # noqa: E402
@@ -43,6 +44,10 @@ def check(spec: ModelSpec, reference_top: str | None = None) -> str | None:
         p = sw.parity(lm, cap, chained=True)
         parts.append(f"    parity (hand vs model): worst layer {max(p.per_layer):.2e}, logits {p.logits:.2e}, "
                      f"chained logits {p.chained_logits:.2e} -> {'OK' if p.ok else 'above'} tolerance {p.tolerance:g}")
+        long = run_forward(lm, tiny_shakespeare()[:4000], hook_modules=sw.parity_hooks(lm))
+        p = sw.parity(lm, long)
+        parts.append(f"    parity on {long.seq_len} tokens of Tiny Shakespeare: worst {p.worst:.2e} "
+                     f"-> {'OK' if p.ok else 'above tolerance'}")
     lens = logit_lens(lm.model, cap)
     stats = core_attn.head_statistics(core_attn.attention_stack(cap))
     parts.append(f"    logit lens {lens.layers} layers; attention stats {tuple(stats['entropy'].shape)} (layers x heads)")
