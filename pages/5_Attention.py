@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 import torch
 
@@ -119,17 +120,26 @@ if len(groups) < n_heads and not head_avg:
     st.markdown(f"Query head {head} reads **K/V head {kv}**, which it shares with heads "
                 f"{', '.join(str(h) for h in groups[kv] if h != head) or 'none'}: their keys and values are "
                 f"the same, only the queries differ.")
+STAT_LABELS = {"entropy": "Entropy (nats)", "sink": "To first token", "previous": "To previous token",
+               "self": "To itself", "distance": "Mean distance"}
+
+
+def head_values(head_stats: dict) -> dict[str, float]:
+    """The selected head's statistics (or their mean over the layer's heads), by label."""
+    return {label: float(head_stats[name][layer].mean() if head_avg else head_stats[name][layer, head])
+            for name, label in STAT_LABELS.items()}
+
+
+values = head_values(stats)
 m = st.columns(5)
-for col, name, label in zip(m, ("entropy", "sink", "previous", "self", "distance"),
-                            ("Entropy (nats)", "To first token", "To previous token", "To itself",
-                             "Mean distance")):
-    value = stats[name][layer].mean() if head_avg else stats[name][layer, head]
+for col, (name, label) in zip(m, STAT_LABELS.items()):
+    value = values[label]
     col.metric(label, f"{value:.3f}" if name != "distance" else f"{value:.1f} tokens",
                help=core_attn.STATISTICS[name] + ". Mean over query positions 1…n−1"
                     + (", then over the layer's heads (for entropy: the heads' mean entropy, not the entropy "
                        "of the averaged map)." if head_avg else "."))
 if compare:
-    st.caption("The numbers above are for the first text.")
+    st.caption("The numbers above are for the first text; both texts are compared in the table below.")
     left, right = st.columns(2)
     with left:
         big_heatmap(selected(attn), cap.labels, f"Text 1: {what}", size=270)
@@ -145,6 +155,11 @@ if compare:
         else:
             attn_2 = charts.attention_array(lm.spec.key, text_2, MAX_TOKENS, cap_2)
             big_heatmap(selected(attn_2), cap_2.labels, f"Text 2: {what}", size=270)
+    if cap_2 is not None and cap_2.seq_len >= 2:
+        stats_2 = charts.statistics(lm.spec.key, text_2, MAX_TOKENS, cap_2)
+        table = pd.DataFrame([values, head_values(stats_2)],
+                             index=[f"Text 1 ({cap.seq_len} tokens)", f"Text 2 ({cap_2.seq_len} tokens)"])
+        st.dataframe(table.style.format("{:.3f}"), width="stretch")
 else:
     big_heatmap(selected(attn), cap.labels, what)
 

@@ -203,6 +203,13 @@ def test_page_on_tiny_models(model, load):
     at.toggle(key="attn_compare").set_value(True).run()
     assert_clean(at)
     assert any("Text 2" in str(c.proto.spec) for c in at.get("vega_lite_chart"))
+    # Both texts' statistics side by side, for the layer's head average chosen above.
+    cap_2 = run_forward(load(model), at.text_area(key="attn_text2").value, max_tokens=256)
+    stats_2 = A.head_statistics(A.attention_stack(cap_2))
+    table = at.dataframe[0].value
+    assert table.shape == (2, 5) and table.index[1] == f"Text 2 ({cap_2.seq_len} tokens)"
+    assert table.loc[table.index[1], "To itself"] == pytest.approx(stats_2["self"][1].mean().item(), abs=1e-6)
+    assert table.loc[table.index[0], "To itself"] == pytest.approx(stats["self"][1].mean().item(), abs=1e-6)
     at.text_area(key="attn_text2").set_value("  ").run()
     assert_clean(at)
     assert any("second text is empty" in m.value for m in at.info)

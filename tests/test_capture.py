@@ -29,7 +29,7 @@ def test_hooks_record_module_outputs(load):
     cap = run_forward(lm, "Hooks see the final norm.", hook_modules=("model.norm", "model.layers.1.mlp"))
     # The LM head applied to the hooked final-norm output gives the model's logits.
     with torch.inference_mode():
-        logits = lm.model.lm_head(cap.module_outputs["model.norm"])
+        logits = lm.model.lm_head(cap.module_outputs["model.norm"].to(lm.device)).cpu()
     assert torch.allclose(logits, cap.logits, atol=1e-5)
     assert cap.module_inputs["model.layers.1.mlp"].shape == (len(cap.ids), 64)
     # Hooks are removed afterwards.

@@ -19,7 +19,7 @@ PAGE = "pages/4_Tokens_and_embeddings.py"
 
 
 def test_row_norms_and_cosine_match_torch(tiny):
-    W = tiny.model.get_input_embeddings().weight.detach()
+    W = tiny.model.get_input_embeddings().weight.detach().cpu()
     norms = emb.row_norms(tiny)
     assert torch.allclose(norms, W.norm(dim=-1), rtol=1e-5)
     v = W[123]
@@ -36,14 +36,14 @@ def test_neighbours_start_with_the_token_itself(embedded):
     # a trained model: the capitalised variant and the other royal are close
     tokens = [n["token"] for n in near]
     assert " King" in tokens and " queen" in tokens
-    W = embedded.model.get_input_embeddings().weight.detach()
+    W = embedded.model.get_input_embeddings().weight.detach().cpu()
     j = near[3]["id"]
     assert near[3]["cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(W[tid], W[j], dim=0)),
                                               abs=1e-5)
 
 
 def test_token_vector_is_the_row(tiny):
-    W = tiny.model.get_input_embeddings().weight.detach()
+    W = tiny.model.get_input_embeddings().weight.detach().cpu()
     assert torch.equal(emb.token_vector(tiny, 42), W[42].float())
     with pytest.raises(ValueError):
         emb.token_vector(tiny, W.shape[0])

@@ -57,7 +57,9 @@ def test_last_layer_equals_the_models_logits(source, load):
     cap = lens_capture(lm)
     # transformers 5 already normalises the last hidden state: the lens must not normalise it twice
     norm = lm.model.get_submodule(NORMS[source])
-    assert torch.allclose(norm(cap.module_inputs[NORMS[source]]), cap.hidden_states[-1], atol=1e-6)
+    with torch.inference_mode():
+        normed = norm(cap.module_inputs[NORMS[source]].to(lm.device)).cpu()
+    assert torch.allclose(normed, cap.hidden_states[-1], atol=1e-6)
     stream = L.residual_stream(lm.model, cap)
     assert len(stream) == lm.config.num_hidden_layers + 1
     assert torch.allclose(L.lens_logits(lm.model, stream[-1]), cap.logits, atol=1e-5, rtol=0)
@@ -75,8 +77,8 @@ def test_intermediate_layer_by_hand_rmsnorm(load):
     cap = lens_capture(lm)
     h = cap.hidden_states[1]  # output of block 0
     norm = lm.model.model.norm
-    x = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight
-    logits = x @ lm.model.model.embed_tokens.weight.T  # tied embeddings
+    x = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.detach().cpu()
+    logits = x @ lm.model.model.embed_tokens.weight.detach().cpu().T  # tied embeddings
     assert torch.allclose(L.lens_logits(lm.model, h), logits, atol=1e-4)
     lens = L.logit_lens(lm.model, cap)
     assert torch.equal(lens.top_ids[1, :, 0], logits.argmax(-1))

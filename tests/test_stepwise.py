@@ -123,21 +123,24 @@ def test_layer_steps_shapes_mask_and_softmax(load):
     assert torch.isinf(s.mask[future]).all() and (s.mask[~future] == 0).all()
     assert (s.attn_weights[:, future] == 0).all()
     torch.testing.assert_close(s.attn_weights.sum(-1), torch.ones(4, seq))
-    assert lm.model.model.layers[1].self_attn.q_proj.bias is not None  # the biases are really used
-    torch.testing.assert_close(s.q_proj, s.attn_norm @ lm.model.model.layers[1].self_attn.q_proj.weight.T
-                               + lm.model.model.layers[1].self_attn.q_proj.bias, atol=1e-5, rtol=0)
+    q_proj = lm.model.model.layers[1].self_attn.q_proj
+    assert q_proj.bias is not None  # the biases are really used
+    torch.testing.assert_close(s.q_proj, s.attn_norm @ q_proj.weight.detach().cpu().T + q_proj.bias.detach().cpu(),
+                               atol=1e-5, rtol=0)
 
 
 def test_norms_written_out(load):
     lm = load("tiny-llama")
     x = torch.randn(3, 64)
     module = lm.model.model.layers[0].input_layernorm
-    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + module.variance_epsilon) * module.weight
+    weight = module.weight.detach().cpu()
+    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + module.variance_epsilon) * weight
     torch.testing.assert_close(sw.rms_norm(x, module), expected)
     gpt2 = load("tiny-gpt2")
     ln = gpt2.model.transformer.h[0].ln_1
     mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-    torch.testing.assert_close(sw.layer_norm(x, ln), (x - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias)
+    torch.testing.assert_close(sw.layer_norm(x, ln), (x - mean) / torch.sqrt(var + ln.eps) * ln.weight.detach().cpu()
+                               + ln.bias.detach().cpu())
     stats = sw.norm_statistics(x, "RMSNorm", 1e-6)
     torch.testing.assert_close(stats["rms"], torch.sqrt((x ** 2).mean(-1) + 1e-6))
 

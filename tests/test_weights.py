@@ -114,7 +114,7 @@ def test_embedded_model_statistics(embedded, embedded_stats):
     assert ws.n_layers == 30 and len(ws.rows) == 272
     assert sum(r["count"] for r in ws.rows) == 134_515_008  # tied lm_head counted once
     q = ws.row("model.layers.7.self_attn.q_proj.weight")
-    p = embedded.model.get_parameter(q["name"]).detach()
+    p = embedded.model.get_parameter(q["name"]).detach().cpu()
     assert q["frobenius"] == pytest.approx(float(torch.linalg.norm(p.double())), rel=1e-6)
     assert q["kurtosis"] == pytest.approx(numpy_stats(p.numpy())["kurtosis"], rel=1e-4)
     for kind in ws.matrix_kinds:
