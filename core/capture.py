@@ -56,7 +56,6 @@ class Capture:
         return (f"The text has {self.n_tokens_in_text:,} tokens; only the first {len(self.ids):,} "
                 "were used.")
 
-
     @property
     def byte_fragment_notice(self) -> str | None:
         """Emoji and many CJK characters are several bytes; a byte-level BPE may split one character over

@@ -16,7 +16,7 @@ through the final norm; the raw output of the last block is therefore read from 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
 import torch
@@ -190,11 +190,12 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-_GELU_TANH = (r"\mathrm{GELU}(z) \approx \tfrac12 z\,\big(1 + \tanh(\sqrt{2/\pi}\,(z + 0.044715 z^3))\big)")
+_SILU = r"\mathrm{SiLU}(z) = z\,\sigma(z) = \frac{z}{1 + e^{-z}}"
+_GELU_TANH = r"\mathrm{GELU}(z) \approx \tfrac12 z\,\big(1 + \tanh(\sqrt{2/\pi}\,(z + 0.044715 z^3))\big)"
 # (symbol, definition) for the formulas on the step-by-step page.
 ACTIVATION_FORMULAS: dict[str, tuple[str, str]] = {
-    "silu": (r"\mathrm{SiLU}", r"\mathrm{SiLU}(z) = z\,\sigma(z) = \frac{z}{1 + e^{-z}}"),
-    "swish": (r"\mathrm{SiLU}", r"\mathrm{SiLU}(z) = z\,\sigma(z) = \frac{z}{1 + e^{-z}}"),
+    "silu": (r"\mathrm{SiLU}", _SILU),
+    "swish": (r"\mathrm{SiLU}", _SILU),
     "gelu_new": (r"\mathrm{GELU}", _GELU_TANH),
     "gelu_fast": (r"\mathrm{GELU}", _GELU_TANH),
     "gelu_pytorch_tanh": (r"\mathrm{GELU}", _GELU_TANH),
@@ -238,7 +239,8 @@ class RopeTables:
 def rope_tables(lm: LoadedModel, seq_len: int, device: torch.device | str = "cpu") -> RopeTables:
     """RoPE computed from the config (default type); scaled variants (llama3, yarn, ...) reshape inv_freq,
     so for those the model's own inv_freq and attention scaling are read from its rotary_emb module.
-    Angles, cos and sin are computed on `device`, as the model does (cos on a GPU may differ by an ulp)."""
+    Angles, cos and sin are computed on `device`, as the model does (cos on a GPU may differ by an ulp);
+    inv_freq stays on the CPU."""
     a = anatomy(lm)
     params = getattr(lm.config, "rope_parameters", None) or {}
     rope_type = params.get("rope_type", "default")
@@ -253,8 +255,7 @@ def rope_tables(lm: LoadedModel, seq_len: int, device: torch.device | str = "cpu
     positions = torch.arange(seq_len, dtype=torch.float, device=device)
     freqs = positions[:, None] * inv_freq.to(device)[None, :]
     angles = torch.cat((freqs, freqs), dim=-1)
-    return RopeTables(rope_type, theta, inv_freq, angles.cpu(), (angles.cos() * scaling).cpu(),
-                      (angles.sin() * scaling).cpu())
+    return RopeTables(rope_type, theta, inv_freq, angles, angles.cos() * scaling, angles.sin() * scaling)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -446,8 +447,7 @@ def layer_by_hand(lm: LoadedModel, layer: int, layer_input: torch.Tensor) -> Lay
             extras["query_before_q_norm"], extras["key_before_k_norm"] = q, k
             q, k = rms_norm(q, attn.q_norm), rms_norm(k, attn.k_norm)
         rope = rope_tables(lm, seq, x.device)
-        cos, sin = rope.cos.to(x.device), rope.sin.to(x.device)
-        q_rope, k_rope = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q_rope, k_rope = apply_rope(q, rope.cos, rope.sin), apply_rope(k, rope.cos, rope.sin)
         scaling = d ** -0.5
     k_rep, v_rep, scores, weights, context, merged = _attention(a, q_rope, k_rope, v, scaling, mask)
     if a.style == "gpt2":
@@ -487,6 +487,9 @@ def _on_cpu(steps: LayerSteps) -> LayerSteps:
         if isinstance(value, torch.Tensor):
             setattr(steps, f.name, value.cpu())
     steps.extras = {k: v.cpu() for k, v in steps.extras.items()}
+    if steps.rope is not None:
+        steps.rope = replace(steps.rope, angles=steps.rope.angles.cpu(), cos=steps.rope.cos.cpu(),
+                             sin=steps.rope.sin.cpu())
     return steps
 
 
