@@ -12,7 +12,7 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
 
 COPY . .
 # Dequantize the embedded GGUF once, at build time, so the app starts in seconds. Spaces run as uid 1000.
-RUN python -c "from core.models import load_model; load_model('embedded')" \
+RUN python -c "from core.models.loading import load_model; load_model('embedded')" \
  && chown -R 1000:1000 /app
 USER 1000
 

@@ -10,8 +10,8 @@ st.set_page_config(page_title="LLM Anatomy Lab", page_icon="🧠", layout="wide"
 
 
 def home() -> None:
-    from core.architecture import detect_family
-    from core.models import LoadedModel
+    from core.inspect.architecture import detect_family
+    from core.models.loading import LoadedModel
     from ui.explain import how_computed
     from ui.models import model_picker
 

@@ -12,8 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.data import reference_config, reference_configs  # noqa: E402
-from core.diagram import build_diagram, diagram_from_config, to_dot  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.inspect.diagram import build_diagram, diagram_from_config, to_dot  # noqa: E402
+from core.models.loading import load_model  # noqa: E402
 
 
 def timed(fn, repeat: int = 3) -> tuple[float, object]:

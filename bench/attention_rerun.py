@@ -34,7 +34,7 @@ def text_of(lm, n: int) -> str:
 
 
 def main() -> int:
-    from core.models import load_model
+    from core.models.loading import load_model
     from pagetest import run_page
 
     text = text_of(load_model("embedded"), TOKENS)

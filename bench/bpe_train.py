@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import bpe  # noqa: E402
-from core import embeddings as emb  # noqa: E402
+from core.inspect import bpe  # noqa: E402
+from core.inspect import embeddings as emb  # noqa: E402
 from core.data import tiny_shakespeare  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.models.loading import load_model  # noqa: E402
 
 
 def best_of(fn, repeat: int = 3) -> float:

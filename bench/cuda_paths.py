@@ -18,13 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import attention as core_attn  # noqa: E402
-from core import stepwise as sw  # noqa: E402
-from core.capture import run_forward, top_k  # noqa: E402
+from core.inspect import attention as core_attn  # noqa: E402
+from core.inspect import stepwise as sw  # noqa: E402
+from core.models.capture import run_forward, top_k  # noqa: E402
 from core.data import tiny_shakespeare  # noqa: E402
-from core.lens import lens_hook_modules, logit_lens  # noqa: E402
-from core.models import ModelSpec, load_model  # noqa: E402
-from core.weights import weight_stats  # noqa: E402
+from core.inspect.lens import lens_hook_modules, logit_lens  # noqa: E402
+from core.models.loading import ModelSpec, load_model  # noqa: E402
+from core.inspect.weights import weight_stats  # noqa: E402
 
 TEXT = "The capital of France is Paris, and the capital of Italy is"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _util import CHROMIUM, CHROMIUM_ARGS, ROOT, rss_mib, streamlit_server, wait_rendered
 
-LOAD = ("import json, time; t = time.perf_counter(); from core.models import load_model; "
+LOAD = ("import json, time; t = time.perf_counter(); from core.models.loading import load_model; "
         "lm = load_model('embedded'); "
         "print(json.dumps({'load_seconds': lm.load_seconds, 'from': lm.loaded_from, "
         "'process_seconds': time.perf_counter() - t}))")
@@ -46,8 +46,8 @@ def bench_loads() -> None:
 
 def bench_forward() -> None:
     sys.path.insert(0, str(ROOT))
-    from core.capture import run_forward
-    from core.models import load_model
+    from core.models.capture import run_forward
+    from core.models.loading import load_model
 
     lm = load_model("embedded")
     text = " ".join(["token"] * 64)

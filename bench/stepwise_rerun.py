@@ -24,7 +24,7 @@ SOURCE = ("The cat sat on the mat because it was tired. Language models read tex
 
 
 def text_of_n_tokens(lm, n: int) -> str:
-    from core.capture import tokenize_for_model
+    from core.models.capture import tokenize_for_model
 
     ids = lm.encode(SOURCE)[:n]
     text = lm.decode(ids)
@@ -38,8 +38,8 @@ def ms(seconds: list[float]) -> str:
 
 
 def core_calls(lm, text: str, layers: list[int]) -> None:
-    from core import stepwise as sw
-    from core.capture import run_forward
+    from core.inspect import stepwise as sw
+    from core.models.capture import run_forward
 
     cap = run_forward(lm, text, hook_modules=sw.parity_hooks(lm))
     times = []
@@ -59,7 +59,7 @@ def core_calls(lm, text: str, layers: list[int]) -> None:
 def page_reruns(model: str, text: str, layers: list[int]) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from core.models import ModelSpec
+    from core.models.loading import ModelSpec
     from ui.models import SPEC_KEY
 
     at = AppTest.from_file(str(ROOT / "pages" / "3_Forward_pass.py"), default_timeout=300)
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=10, help="how many layers to visit")
     args = parser.parse_args()
     os.environ.setdefault("LLM_LAB_DEFAULT_MODEL", args.model)
-    from core.models import load_model
+    from core.models.loading import load_model
 
     lm = load_model(args.model)
     text = text_of_n_tokens(lm, args.tokens)

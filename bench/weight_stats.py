@@ -1,4 +1,4 @@
-"""Weight statistics (core.weights) on the embedded model and on a random model with the
+"""Weight statistics (core.inspect.weights) on the embedded model and on a random model with the
 DeepSeek-R1-Distill-Qwen-1.5B architecture in bf16: time (cold = no disk cache, warm = disk / memory
 cache) and resident memory beyond the model.
 
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.weights import pool_matrix, spectrum, weight_stats  # noqa: E402
+from core.inspect.weights import pool_matrix, spectrum, weight_stats  # noqa: E402
 
 REFERENCE = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 
@@ -53,7 +53,7 @@ def random_reference_model(model_id: str, dtype: torch.dtype = torch.bfloat16) -
     """The architecture of `model_id` with random N(0, 0.02) weights, built on meta and filled in place
     (HF's own init of 1.78B parameters on 2 cores takes minutes)."""
     from core.data import reference_config
-    from core.params import meta_model_from_config
+    from core.models.params import meta_model_from_config
 
     config = reference_config(model_id)
     model = meta_model_from_config(config).to(dtype)
@@ -129,7 +129,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.only in (None, "embedded"):
-        from core.models import load_model
+        from core.models.loading import load_model
 
         lm = load_model("embedded")
         r = measure("embedded SmolLM2-135M-Instruct (float32)", lm.model, lm.spec.key)

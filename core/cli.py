@@ -31,7 +31,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args: argparse.Namespace):
-    from core.models import load_model, parse_spec
+    from core.models.loading import load_model, parse_spec
 
     return load_model(parse_spec(args.model, args.dtype, args.device, args.quantization),
                       progress=lambda msg: print(msg, file=sys.stderr))
@@ -52,7 +52,7 @@ def _params_args(p: argparse.ArgumentParser) -> None:
 @command("params", "count parameters from a config.json or a model", _params_args)
 def cmd_params(args: argparse.Namespace) -> Any:
     from core.data import config_from_dict, reference_config
-    from core.params import count_parameters
+    from core.models.params import count_parameters
 
     if args.config:
         try:
@@ -83,10 +83,10 @@ def _architecture_args(p: argparse.ArgumentParser) -> None:
 def cmd_architecture(args: argparse.Namespace) -> Any:
     from dataclasses import asdict
 
-    from core.architecture import architecture_summary, config_from_json_text, kv_cache_per_token
+    from core.inspect.architecture import architecture_summary, config_from_json_text, kv_cache_per_token
     from core.data import reference_config, reference_configs
-    from core.diagram import build_diagram, diagram_from_config, to_dot
-    from core.models import hub_config
+    from core.inspect.diagram import build_diagram, diagram_from_config, to_dot
+    from core.models.loading import hub_config
 
     if args.config:
         try:
@@ -132,7 +132,7 @@ def _bpe_args(p: argparse.ArgumentParser) -> None:
 
 @command("bpe", "train byte-pair encoding from scratch; print merges and an encoding", _bpe_args)
 def cmd_bpe(args: argparse.Namespace) -> Any:
-    from core.bpe import compression, encode, train_bpe
+    from core.inspect.bpe import compression, encode, train_bpe
     from core.data import tiny_shakespeare
 
     if args.file:
@@ -164,7 +164,7 @@ def _embeddings_args(p: argparse.ArgumentParser) -> None:
 def cmd_embeddings(args: argparse.Namespace) -> Any:
     import torch
 
-    from core import embeddings as E
+    from core.inspect import embeddings as E
 
     lm = load_from_args(args)
     words = [w for w in args.tokens.split(",") if w.strip()]
@@ -200,8 +200,8 @@ def _forward_args(p: argparse.ArgumentParser) -> None:
 @command("forward", "tokens, ids, top-k next tokens; --check-parity: hand computation vs the model",
          _forward_args)
 def cmd_forward(args: argparse.Namespace) -> Any:
-    from core import stepwise
-    from core.capture import greedy_continuation, run_forward, top_k
+    from core.inspect import stepwise
+    from core.models.capture import greedy_continuation, run_forward, top_k
 
     if args.top_k < 1:
         raise ValueError("--top-k must be at least 1")
@@ -248,7 +248,7 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
 def cmd_weights(args: argparse.Namespace) -> Any:
     import math
 
-    from core.weights import report, spectrum, weight_stats
+    from core.inspect.weights import report, spectrum, weight_stats
 
     if not (math.isfinite(args.threshold) and args.threshold > 0):
         raise ValueError(f"--threshold must be a positive number, got {args.threshold}")
@@ -281,8 +281,8 @@ def _attention_args(p: argparse.ArgumentParser) -> None:
 
 @command("attention", "tokens and one head's attention matrix, with that head's statistics", _attention_args)
 def cmd_attention(args: argparse.Namespace) -> Any:
-    from core import attention as A
-    from core.capture import run_forward
+    from core.inspect import attention as A
+    from core.models.capture import run_forward
 
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be at least 1")
@@ -322,8 +322,8 @@ def _lens_args(p: argparse.ArgumentParser) -> None:
 @command("lens", "logit lens: top token, its probability and the tracked token's rank after every layer",
          _lens_args)
 def cmd_lens(args: argparse.Namespace) -> Any:
-    from core import lens as L
-    from core.capture import run_forward
+    from core.inspect import lens as L
+    from core.models.capture import run_forward
 
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be at least 1")
@@ -357,14 +357,28 @@ def cmd_lens(args: argparse.Namespace) -> Any:
     }
 
 
+# Each section of the lab registers its own commands with @command in its `cli` module.
+SECTION_CLIS = ("core.train.cli", "core.align.cli", "core.decode.cli", "core.hardware.cli", "core.evaluate.cli")
+
+
+def _register_sections() -> None:
+    import importlib
+    import importlib.util
+
+    for name in SECTION_CLIS:
+        if importlib.util.find_spec(name.rsplit(".", 1)[0]) and importlib.util.find_spec(name):
+            importlib.import_module(name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _register_sections()
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, _fn) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
-    from core.capture import InputError
-    from core.models import ModelLoadError
+    from core.models.capture import InputError
+    from core.models.loading import ModelLoadError
 
     try:
         result = COMMANDS[args.command][2](args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.architecture import (
+from core.inspect.architecture import (
     BYTES_PER_ELEMENT,
     architecture_summary,
     comparison_rows,
@@ -13,7 +13,7 @@ from core.architecture import (
     format_value,
     kv_cache_per_token,
 )
-from core.diagram import build_diagram, to_dot
+from core.inspect.diagram import build_diagram, to_dot
 from ui.architecture import (
     HUB_KEY,
     PASTE_KEY,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import weights as core_weights
-from core.params import check_tying, count_parameters, weight_memory
+from core.inspect import weights as core_weights
+from core.models.params import check_tying, count_parameters, weight_memory
 from ui import weights as ui
 from ui.explain import how_computed
 from ui.models import model_picker

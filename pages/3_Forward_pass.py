@@ -12,9 +12,9 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core import stepwise as sw
-from core.capture import Capture, generation_room, greedy_continuation, token_display, top_k
-from core.models import LoadedModel
+from core.inspect import stepwise as sw
+from core.models.capture import Capture, generation_room, greedy_continuation, token_display, top_k
+from core.models.loading import LoadedModel
 from ui.charts import heatmap_image
 from ui.explain import how_computed
 from ui.models import forward, model_picker

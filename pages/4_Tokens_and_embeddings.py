@@ -10,10 +10,10 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core import bpe
-from core import embeddings as emb
+from core.inspect import bpe
+from core.inspect import embeddings as emb
 from core.data import tiny_shakespeare
-from core.models import LoadedModel
+from core.models.loading import LoadedModel
 from ui.charts import heatmap_image
 from ui.explain import how_computed
 from ui.models import model_picker

@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core import attention as core_attn
-from core.architecture import config_dims
+from core.inspect import attention as core_attn
+from core.inspect.architecture import config_dims
 from ui import attention as charts
 from ui.explain import how_computed
 from ui.models import forward, model_picker

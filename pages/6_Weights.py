@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import weights as core_weights
-from core.models import LoadedModel
+from core.inspect import weights as core_weights
+from core.models.loading import LoadedModel
 from ui import weights as ui
 from ui.charts import heatmap_image
 from ui.explain import how_computed

@@ -6,7 +6,7 @@ import shlex
 
 import streamlit as st
 
-from core import lens as core_lens
+from core.inspect import lens as core_lens
 from ui import lens as charts
 from ui.explain import how_computed
 from ui.models import forward, model_picker

@@ -18,7 +18,7 @@ TINY = ("tiny-gpt2", "tiny-llama", "tiny-qwen2")
 @pytest.fixture(scope="session")
 def load():
     """load("tiny-llama") -> LoadedModel, cached for the whole session."""
-    from core.models import load_model
+    from core.models.loading import load_model
 
     cache: dict = {}
 

@@ -11,7 +11,7 @@ def run_page(path: str, model: str = "tiny-llama", timeout: float = 180, **sessi
     """Run one page script in AppTest with `model` picked; returns the AppTest after the first run."""
     from streamlit.testing.v1 import AppTest
 
-    from core.models import ModelSpec
+    from core.models.loading import ModelSpec
     from ui.models import SPEC_KEY
 
     at = AppTest.from_file(str(ROOT / path), default_timeout=timeout)

@@ -7,7 +7,7 @@ import json
 import pytest
 from pagetest import assert_clean, run_page
 
-from core.architecture import (
+from core.inspect.architecture import (
     architecture_summary,
     comparison_rows,
     config_from_json_text,
@@ -15,8 +15,8 @@ from core.architecture import (
     kv_cache_per_token,
 )
 from core.data import reference_config, reference_configs
-from core.diagram import build_diagram, diagram_from_config, to_dot
-from core.params import count_parameters
+from core.inspect.diagram import build_diagram, diagram_from_config, to_dot
+from core.models.params import count_parameters
 
 PAGE = "pages/1_Architecture.py"
 DEEPSEEK = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -107,7 +107,7 @@ def test_layer_order_pre_norm_residual_flow(load):
     assert d.features["norm_placement"] == "pre-norm"
 
 
-# ---------------------------------------------------------------- parameter counts match core.params
+# ---------------------------------------------------------------- parameter counts match core.models.params
 
 
 def test_block_parameters_match_core_params(tiny):

@@ -1,4 +1,4 @@
-"""core/attention.py with hand-made attention of known math, on the real models, the CLI and the page."""
+"""core/inspect/attention.py with hand-made attention of known math, on the real models, the CLI and the page."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from core import attention as A
-from core.capture import InputError, run_forward
+from core.inspect import attention as A
+from core.models.capture import InputError, run_forward
 from core.cli import main
 from pagetest import assert_clean, run_page
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from core import bpe
+from core.inspect import bpe
 from core.data import tiny_shakespeare
 
 SENNRICH = ("low low low low low lower lower newest newest newest newest newest newest "

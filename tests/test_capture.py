@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.capture import (MAX_TOKENS, InputError, generation_room, greedy_continuation, run_forward, token_display,
+from core.models.capture import (MAX_TOKENS, InputError, generation_room, greedy_continuation, run_forward, token_display,
                           tokenize_for_model)
 
 

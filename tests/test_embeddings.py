@@ -10,7 +10,7 @@ import pytest
 import torch
 from pagetest import assert_clean, run_page
 
-from core import embeddings as emb
+from core.inspect import embeddings as emb
 
 PAGE = "pages/4_Tokens_and_embeddings.py"
 
@@ -247,7 +247,7 @@ def test_page_widgets_embedded():
     at.slider(key="pos_n").set_value(512).run()
     assert_clean(at)
     # another model with a smaller head: the frequency slider is clamped, no stale-range error
-    from core.models import ModelSpec
+    from core.models.loading import ModelSpec
     from ui.models import SPEC_KEY
 
     at.session_state[SPEC_KEY] = ModelSpec("tiny-llama")

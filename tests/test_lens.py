@@ -1,4 +1,4 @@
-"""core/lens.py: the final-norm resolver, exact parity with the model's logits, ranks; CLI; page."""
+"""core/inspect/lens.py: the final-norm resolver, exact parity with the model's logits, ranks; CLI; page."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from core import lens as L
-from core.capture import run_forward
+from core.inspect import lens as L
+from core.models.capture import run_forward
 from core.cli import main
 from pagetest import assert_clean, run_page
 

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from core import models
+from core.models.loading import loading as models
 from core.data import reference_configs
-from core.models import ModelLoadError, ModelSpec, check_fits, load_model, parse_spec
+from core.models.loading import ModelLoadError, ModelSpec, check_fits, load_model, parse_spec
 
 
 @pytest.mark.parametrize("bad,fragment", [
@@ -80,7 +80,7 @@ def test_embedded_card(embedded):
 
 
 def test_embedded_knows_paris(embedded):
-    from core.capture import run_forward, top_k
+    from core.models.capture import run_forward, top_k
 
     cap = run_forward(embedded, "The capital of France is")
     assert top_k(embedded, cap.next_token_probs(), 1)[0]["token"] == " Paris"
@@ -143,7 +143,7 @@ def test_tokenizer_is_safe_across_threads(load):
 def test_quantized_4bit_embedded_still_predicts(embedded):
     pytest.importorskip("bitsandbytes")
     lm = load_model(parse_spec("embedded", quantization="4bit"))
-    from core.capture import run_forward, top_k
+    from core.models.capture import run_forward, top_k
 
     cap = run_forward(lm, "The capital of France is")
     assert top_k(lm, cap.next_token_probs(), 1)[0]["token"] == " Paris"

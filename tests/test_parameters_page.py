@@ -1,4 +1,4 @@
-"""The Parameter statistics page, weight tying and weight memory (core/params.py additions), with real values."""
+"""The Parameter statistics page, weight tying and weight memory (core/models/params.py additions), with real values."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from core.params import check_tying, count_parameters, weight_memory
-from core.weights import compute_weight_stats
+from core.models.params import check_tying, count_parameters, weight_memory
+from core.inspect.weights import compute_weight_stats
 from pagetest import assert_clean, run_page
 
 PAGE = "pages/2_Parameters.py"

@@ -3,7 +3,7 @@
 import pytest
 
 from core.data import reference_config, reference_configs
-from core.params import classify, count_parameters, layer_of
+from core.models.params import classify, count_parameters, layer_of
 
 PUBLISHED = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": 134_515_008,

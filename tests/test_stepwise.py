@@ -1,4 +1,4 @@
-"""The hand-computed forward pass (core/stepwise.py), the `forward` CLI command and the Forward pass page."""
+"""The hand-computed forward pass (core/inspect/stepwise.py), the `forward` CLI command and the Forward pass page."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pagetest import assert_clean, run_page
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import repeat_kv as hf_repeat_kv
 
-from core import stepwise as sw
-from core.capture import run_forward
+from core.inspect import stepwise as sw
+from core.models.capture import run_forward
 from core.cli import main
-from core.models import LoadedModel, ModelSpec
+from core.models.loading import LoadedModel, ModelSpec
 
 PAGE = "pages/3_Forward_pass.py"
 TEXT = "The cat sat on the mat because it was tired. Language models read text one token at a time."
@@ -302,7 +302,7 @@ def test_page_on_an_unsupported_family_explains_and_still_predicts(monkeypatch):
 
 def from_config(model_type: str, **fields) -> LoadedModel:
     """A small random model of another family, speaking the embedded tokenizer."""
-    from core.models import embedded_tokenizer
+    from core.models.loading import embedded_tokenizer
 
     tokenizer = embedded_tokenizer()
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48,

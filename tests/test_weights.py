@@ -1,4 +1,4 @@
-"""Weight statistics (core/weights.py), the `weights` CLI command and the Weights page, with real values."""
+"""Weight statistics (core/inspect/weights.py), the `weights` CLI command and the Weights page, with real values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import weights as W
+from core.inspect import weights as W
 from pagetest import assert_clean, run_page
 
 PAGE = "pages/6_Weights.py"
@@ -292,7 +292,7 @@ def test_page_embedded_and_embedding_matrix(embedded, embedded_stats):
 
 
 def test_page_survives_a_model_change():
-    from core.models import ModelSpec
+    from core.models.loading import ModelSpec
     from ui.models import SPEC_KEY
 
     at = run_page(PAGE, "tiny-gpt2")
@@ -306,7 +306,7 @@ def test_page_survives_a_model_change():
 
 
 def test_parameters_without_values_are_skipped(load):
-    from core.params import meta_model_from_config
+    from core.models.params import meta_model_from_config
 
     meta = meta_model_from_config(load("tiny-llama").config)
     ws = W.compute_weight_stats(meta)

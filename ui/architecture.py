@@ -9,10 +9,10 @@ import pandas as pd
 import streamlit as st
 from transformers import PretrainedConfig
 
-from core.architecture import BYTES_PER_ELEMENT, config_from_json_text
+from core.inspect.architecture import BYTES_PER_ELEMENT, config_from_json_text
 from core.data import reference_config, reference_configs
-from core.diagram import Block, Diagram, build_diagram, diagram_from_config
-from core.models import LoadedModel, ModelLoadError, hub_config
+from core.inspect.diagram import Block, Diagram, build_diagram, diagram_from_config
+from core.models.loading import LoadedModel, ModelLoadError, hub_config
 
 PASTE_KEY = "arch_pasted_config"  # the last pasted/uploaded text that gave a valid config
 HUB_KEY = "arch_hub_id"  # the last Hub id whose config was fetched

@@ -1,4 +1,4 @@
-"""Charts and cached wrappers for the Attention page (no math: that lives in core/attention.py)."""
+"""Charts and cached wrappers for the Attention page (no math: that lives in core/inspect/attention.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw, ImageFont
 
-from core import attention as core_attn
-from core.capture import Capture
+from core.inspect import attention as core_attn
+from core.models.capture import Capture
 from ui.charts import heatmap_image
 
 MASKED_RGB = (215, 215, 215)  # cells a causal model cannot attend to

@@ -1,4 +1,4 @@
-"""Charts and cached wrapper for the Logit lens page (the math is in core/lens.py)."""
+"""Charts and cached wrapper for the Logit lens page (the math is in core/inspect/lens.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import lens as core_lens
-from core.capture import Capture, token_display
-from core.models import LoadedModel
+from core.inspect import lens as core_lens
+from core.models.capture import Capture, token_display
+from core.models.loading import LoadedModel
 
 PLOT_SIZE = alt.AutoSizeParams(type="pad")  # width/height = the cells, axes and legend come on top
 LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")  # whole layers only (a 2-layer model got 0.5 ticks)
@@ -18,7 +18,7 @@ LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")  # whole layers only (a 2-layer
 @st.cache_data(show_spinner="Applying the final norm and LM head after every layer…", max_entries=16)
 def logit_lens(model_key: str, text: str, max_tokens: int, targets: tuple[int, ...] | None,
                positions: tuple[int, ...], _lm: LoadedModel, _cap: Capture) -> dict:
-    """core.lens.logit_lens for some positions as numpy arrays, plus the last-layer parity with the logits."""
+    """core.inspect.lens.logit_lens for some positions as numpy arrays, plus the last-layer parity with the logits."""
     pos = list(positions)
     result = core_lens.logit_lens(_lm.model, _cap, list(targets) if targets is not None else None, positions=pos)
     return {"positions": pos, "top_ids": result.top_ids.numpy(), "top_probs": result.top_probs.numpy(),

@@ -1,4 +1,4 @@
-"""The sidebar model picker and the cached wrappers around core.models / core.capture.
+"""The sidebar model picker and the cached wrappers around core.models.loading / core.models.capture.
 
 One model instance per spec serves every session (st.cache_resource); sessions only keep the spec.
 """
@@ -10,9 +10,9 @@ import threading
 
 import streamlit as st
 
-from core.capture import Capture, InputError, run_forward
+from core.models.capture import Capture, InputError, run_forward
 from ui.navigation import ensure_app_navigation
-from core.models import (
+from core.models.loading import (
     DEVICES,
     DTYPES,
     EMBEDDED,

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import weights as core_weights
-from core.models import LoadedModel
-from core.params import check_tying, count_parameters, weight_memory
+from core.inspect import weights as core_weights
+from core.models.loading import LoadedModel
+from core.models.params import check_tying, count_parameters, weight_memory
 
 # width = the column, height = the plot area: Streamlit's default "fit" counts title and axes in the height,
 # which squeezes a short chart (a 2-layer model's histograms) down to nothing.

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from core.models import LoadedModel
+from core.models.loading import LoadedModel
 
 MAX_TOKENS = 512
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.params import layer_of
+from core.models.params import layer_of
 
 CHUNK = 1 << 20  # elements per step: 4 MB of float32, small enough to stay in cache
 BINS = 80
@@ -40,7 +40,7 @@ TAIL_SIGMAS = 6.0  # histogram bins span mean ± 6 std; the first and last bins 
 ENGINE_VERSION = 2  # bump when the statistics change, so old disk caches are ignored
 STATS = ("count", "mean", "std", "min", "max", "max_abs", "frobenius", "kurtosis", "near_zero_share")
 
-_LAYER_PREFIX = re.compile(r"^(?:.*?\.)?(?:layers|h|layer|block)\.\d+\.")  # as core.params.layer_of
+_LAYER_PREFIX = re.compile(r"^(?:.*?\.)?(?:layers|h|layer|block)\.\d+\.")  # as core.models.params.layer_of
 
 
 @dataclass
@@ -308,7 +308,7 @@ def _load(path: Path) -> WeightStats:
 def cache_file(model: nn.Module, model_key: str, bins: int = BINS, threshold: float = NEAR_ZERO,
                root: Path | None = None) -> Path:
     if root is None:
-        from core.models import cache_root
+        from core.models.loading import cache_root
 
         root = cache_root() / "weight_stats"
     return root / _safe(model_key) / f"{fingerprint(model)}-b{bins}-t{threshold:g}.npz"

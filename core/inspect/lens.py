@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.capture import Capture
+from core.models.capture import Capture
 
 # Where common families keep their final norm; anything else goes through the generic search below.
 FINAL_NORM_NAMES = (

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import PretrainedConfig
 
 if TYPE_CHECKING:
-    from core.diagram import Diagram
+    from core.inspect.diagram import Diagram
 
 
 @dataclass(frozen=True)

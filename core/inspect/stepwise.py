@@ -22,8 +22,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from core.capture import Capture
-from core.models import LoadedModel
+from core.models.capture import Capture
+from core.models.loading import LoadedModel
 
 GPT2_TYPES = ("gpt2",)
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")

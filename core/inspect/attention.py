@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core.architecture import config_dims
-from core.capture import Capture, InputError
+from core.inspect.architecture import config_dims
+from core.models.capture import Capture, InputError
 
 STATISTICS = {
     "entropy": "Entropy (nats): how spread out the attention is; 0 = all on one token, ln(i+1) = uniform",

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, PretrainedConfig
 
-from core.architecture import Family, config_dims, detect_family, rope_theta
+from core.inspect.architecture import Family, config_dims, detect_family, rope_theta
 
 # ---------------------------------------------------------------- data model
 
@@ -115,7 +115,7 @@ def _own_params(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _numel(p: torch.Tensor) -> int:
-    from core.params import _unpacked_numel  # 4-bit weights pack two values per byte
+    from core.models.params import _unpacked_numel  # 4-bit weights pack two values per byte
 
     n = p.numel()
     return _unpacked_numel(p, n) if hasattr(p, "quant_state") or p.dtype == torch.uint8 else n
@@ -193,7 +193,7 @@ def call_order(model: nn.Module) -> list[str] | None:
 
 def meta_twin(config: PretrainedConfig) -> nn.Module:
     """A weightless copy built from a copy of the config (building a model writes to its config)."""
-    from core.params import meta_model_from_config
+    from core.models.params import meta_model_from_config
 
     twin_config = copy.deepcopy(config)
     # Eager attention, as the lab runs real models; sdpa's mask shortcuts read values that meta tensors lack.

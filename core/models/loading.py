@@ -32,7 +32,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from core.architecture import config_dims, detect_family
+from core.inspect.architecture import config_dims, detect_family
 
 EMBEDDED = "embedded"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -130,7 +130,7 @@ class LoadedModel:
 
     def card(self) -> dict[str, Any]:
         """The model card shown on Home and printed by `python -m core info`."""
-        from core.params import count_parameters
+        from core.models.params import count_parameters
 
         dims = config_dims(self.config)
         family = detect_family(self.config)
@@ -356,7 +356,7 @@ def bytes_per_parameter(dtype: str, quantization: str) -> float:
 
 def estimate_weight_bytes(config: PretrainedConfig, dtype: str = "float32", quantization: str = "none") -> int:
     """Weights only, counted on the meta device (no memory is allocated)."""
-    from core.params import count_parameters
+    from core.models.params import count_parameters
 
     return int(count_parameters(config)["total"] * bytes_per_parameter(dtype, quantization))
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.architecture import config_dims
+from core.inspect.architecture import config_dims
 
 NEIGHBOUR_CHUNK = 16_384  # rows per matmul: bounds the float32 copy of a bf16 or GPU matrix
 

@@ -1,0 +1,1 @@
+"""Alignment: reward model, DPO and GRPO through TRL, the PPO objective worked on real numbers."""

@@ -1,0 +1,1 @@
+"""Decoding: strategies and filters, the batched comparator, the beam tree, the KV cache measured."""

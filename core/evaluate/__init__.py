@@ -1,0 +1,1 @@
+"""Evaluation: sliding-window perplexity, KL between models, multiple-choice scoring."""

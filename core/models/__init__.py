@@ -1,0 +1,1 @@
+"""Models: loading (ModelSpec -> LoadedModel), one forward pass with hooks (capture), parameter accounting."""
