@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from core.models.loading import loading as models
+from core.models import loading as models
 from core.data import reference_configs
 from core.models.loading import ModelLoadError, ModelSpec, check_fits, load_model, parse_spec
 
