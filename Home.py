@@ -12,8 +12,10 @@ st.set_page_config(page_title="LLM Anatomy Lab", page_icon="🧠", layout="wide"
 def home() -> None:
     from core.inspect.architecture import detect_family
     from core.models.loading import LoadedModel
+    from core.units import format_bytes
     from ui.explain import how_computed
     from ui.models import model_picker
+    from ui.state import share_link
 
     st.title("🧠 LLM Anatomy Lab")
     st.markdown(
@@ -38,11 +40,13 @@ def home() -> None:
     c = st.columns(4)
     c[0].metric("Vocabulary", f"{card['vocab_size']:,}")
     c[1].metric("Context length", f"{card['context_length']:,}" if card["context_length"] else "—")
-    c[2].metric("Memory", f"{card['memory_bytes'] / 2**20:,.0f} MiB")
+    c[2].metric("Memory", format_bytes(card["memory_bytes"]))
     c[3].metric("Load time", f"{card['load_seconds']:.1f} s")
-    st.caption(f"dtype **{card['dtype']}** · device **{card['device']}** · quantization "
+    st.caption(f"precision **{lm.precision}** · device **{card['device']}** · quantization "
                f"**{card['quantization']}** · tied embeddings **{card['tied_embeddings']}** · "
                f"loaded from **{card['loaded_from']}** · Hub id `{card['hub_id']}`")
+
+    share_link()
 
     pages = available_pages()
     if pages:

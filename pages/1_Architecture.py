@@ -20,6 +20,7 @@ from ui.architecture import (
     ModelLoadError,
     View,
     block_details,
+    default_block,
     default_kv_dtype,
     hub_view,
     model_view,
@@ -31,9 +32,11 @@ from ui.architecture import (
 )
 from ui.explain import how_computed
 from ui.models import model_picker
+from ui.state import keep, share_link
 
 st.title("🏗️ Architecture")
 lm = model_picker()
+share_link()
 st.markdown(
     "The diagram below is generated from the model itself: its module tree (`named_modules()`, the module "
     "classes and parameter shapes) and its config. The order of the boxes comes from a forward pass traced "
@@ -44,15 +47,15 @@ st.markdown(
 
 LOADED, REFERENCE, PASTE, HUB = ("The loaded model", "A shipped reference config", "Paste or upload a config.json",
                                  "A Hugging Face Hub config")
-source = st.radio("Architecture to draw", (LOADED, REFERENCE, PASTE, HUB), horizontal=True, key="arch_source")
+source = keep(st.radio, "Architecture to draw", (LOADED, REFERENCE, PASTE, HUB), horizontal=True, key="arch_source")
 view: View | None = None
 try:
     if source == LOADED:
         view = model_view(lm)
     elif source == REFERENCE:
         ids = reference_ids()
-        ref = st.selectbox("Reference config (config.json facts shipped in data/model_configs.json)", ids,
-                           index=ids.index("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"), key="arch_reference")
+        ref = keep(st.selectbox, "Reference config (config.json facts shipped in data/model_configs.json)", ids,
+                   index=ids.index("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"), key="arch_reference")
         view = reference_view(ref)
     elif source == PASTE:
         text = pasted_text()
@@ -64,8 +67,9 @@ try:
             st.session_state[PASTE_KEY] = text
     else:
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-        hub_id = c1.text_input("Hub model id", value=st.session_state.get(HUB_KEY, ""),
-                               placeholder="Qwen/Qwen2.5-0.5B", key="arch_hub_input")
+        with c1:
+            hub_id = keep(st.text_input, "Hub model id", placeholder="Qwen/Qwen2.5-0.5B", key="arch_hub_input",
+                          max_chars=200)
         if c2.button("Fetch config", width="stretch") and hub_id.strip():
             st.session_state[HUB_KEY] = hub_id.strip()
         if st.session_state.get(HUB_KEY):
@@ -77,9 +81,62 @@ except (ValueError, ModelLoadError) as exc:
     if source == HUB:
         st.session_state.pop(HUB_KEY, None)
 
+@st.fragment
+def numbers(view: View) -> None:
+    """The KV-cache element type drives the metrics and the table of dimensions only."""
+    diagram = view.diagram
+    dtypes = list(BYTES_PER_ELEMENT)
+    with st.columns([1, 2])[0]:
+        kv_dtype = keep(st.selectbox, "Element type for the KV cache", dtypes,
+                        index=dtypes.index(default_kv_dtype(view)), key="arch_kv")
+    kv = kv_cache_per_token(view.config, kv_dtype)
+    f = diagram.features
+    c = st.columns(5)
+    c[0].metric("Parameters", f"{diagram.total_params / 1e6:,.1f} M", help="Tied weights are counted once.")
+    c[1].metric("Layers", " + ".join(str(s.n_layers) for s in diagram.stacks) or "—")
+    c[2].metric("Hidden size", diagram.dims["hidden_size"])
+    c[3].metric("Heads / KV heads", f"{f['heads']} / {f['kv_heads']}")
+    c[4].metric(f"KV cache per token ({kv_dtype})", f"{kv['bytes']:,.0f} B" if kv["bytes"] else "none",
+                help=kv["formula"] or kv["note"])
+    if kv["bytes"]:
+        st.caption(f"KV cache per token: {kv['formula']} ({format_bytes(kv['bytes'])})"
+                   + (f". Note: {kv['note']}." if kv["note"] else "."))
+    else:
+        st.caption(f"KV cache: {kv['note']}.")
+    summary = architecture_summary(diagram, view.config, kv_dtype)
+    with st.expander("Every dimension of this architecture"):
+        st.dataframe(pd.DataFrame([{"": k, "value": format_value(k, v)} for k, v in summary.items()]),
+                     hide_index=True, width="stretch")
+
+
+@st.fragment
+def block_diagram(view: View) -> None:
+    """Choosing a block redraws the diagram and its details, nothing else."""
+    diagram = view.diagram
+    st.subheader("The block diagram")
+    st.caption("One layer is drawn; the dashed frame repeats it N times. Dashed arrows: the residual stream, "
+               "rotary positions, and weights shared between boxes. "
+               f"Order of operations: {diagram.order_source}.")
+    for note in diagram.notes:
+        st.info(note)
+    blocks = {b.id: b for b in diagram.blocks}
+    ids = list(blocks)
+    left, right = st.columns([3, 2])
+    with right:
+        chosen = keep(st.selectbox, "Inspect a block", ids, index=ids.index(default_block(diagram)), key="arch_block",
+                      format_func=lambda i: blocks[i].title)
+        block_details(blocks[chosen], diagram)
+    with left:
+        st.graphviz_chart(to_dot(diagram, selected=chosen), width="stretch")
+
+
 if view is not None:
     diagram = view.diagram
     family = diagram.family
+    if st.session_state.get("arch_drawn", view.name) != view.name:  # another architecture: its own defaults
+        st.session_state["arch_kv"] = default_kv_dtype(view)
+        st.session_state["arch_block"] = default_block(diagram)
+    st.session_state["arch_drawn"] = view.name
 
     # ---------------------------------------------------------------- 2. what kind of transformer
 
@@ -98,64 +155,20 @@ if view is not None:
         ])
         kinds.insert(0, "this one", kinds["family"].eq(family.kind).map({True: "◀", False: ""}))
         st.dataframe(kinds, hide_index=True, width="stretch")
-
-    dtypes = list(BYTES_PER_ELEMENT)
-    kv_dtype = st.columns([1, 2])[0].selectbox("Element type for the KV cache", dtypes,
-                            index=dtypes.index(default_kv_dtype(view)), key=f"arch_kv_dtype_{view.name}")
-    kv = kv_cache_per_token(view.config, kv_dtype)
-    f = diagram.features
-    c = st.columns(5)
-    c[0].metric("Parameters", f"{diagram.total_params / 1e6:,.1f} M", help="Tied weights are counted once.")
-    c[1].metric("Layers", " + ".join(str(s.n_layers) for s in diagram.stacks) or "—")
-    c[2].metric("Hidden size", diagram.dims["hidden_size"])
-    c[3].metric("Heads / KV heads", f"{f['heads']} / {f['kv_heads']}")
-    c[4].metric(f"KV cache per token ({kv_dtype})", f"{kv['bytes']:,.0f} B" if kv["bytes"] else "none",
-                help=kv["formula"] or kv["note"])
-    if kv["bytes"]:
-        st.caption(f"KV cache per token: {kv['formula']} ({format_bytes(kv['bytes'])})"
-                   + (f". Note: {kv['note']}." if kv["note"] else "."))
-    else:
-        st.caption(f"KV cache: {kv['note']}.")
+    numbers(view)
 
     # ---------------------------------------------------------------- 3. the diagram
 
-    st.subheader("The block diagram")
-    st.caption("One layer is drawn; the dashed frame repeats it N times. Dashed arrows: the residual stream, "
-               "rotary positions, and weights shared between boxes. "
-               f"Order of operations: {diagram.order_source}.")
-    for note in diagram.notes:
-        st.info(note)
-    blocks = list(diagram.blocks)
-    default = next((i for i, b in enumerate(blocks) if b.kind in ("q", "qkv")), 0)
-    left, right = st.columns([3, 2])
-    with right:
-        chosen = st.selectbox("Inspect a block", range(len(blocks)), index=default,
-                              format_func=lambda i: blocks[i].title, key=f"arch_block_{view.name}")
-        block_details(blocks[chosen], diagram)
-    with left:
-        st.graphviz_chart(to_dot(diagram, selected=blocks[chosen].id), width="stretch")
-
-    summary = architecture_summary(diagram, view.config, kv_dtype)
-    with st.expander("Every dimension of this architecture"):
-        st.dataframe(pd.DataFrame([{"": k, "value": format_value(k, v)} for k, v in summary.items()]),
-                     hide_index=True, width="stretch")
+    block_diagram(view)
 
 # ---------------------------------------------------------------- 4. two architectures side by side
 
-st.subheader("Compare two architectures")
 options = {f"Loaded model: {lm.name}": ("loaded", "")}
 options.update({f"Reference: {i}": ("reference", i) for i in reference_ids()})
 if st.session_state.get(PASTE_KEY):
     options["Pasted config"] = ("paste", st.session_state[PASTE_KEY])
 if st.session_state.get(HUB_KEY):
     options[f"Hub: {st.session_state[HUB_KEY]}"] = ("hub", st.session_state[HUB_KEY])
-labels = list(options)
-ca, cb, cd = st.columns([2, 2, 1])
-pick_a = ca.selectbox("A", labels, index=labels.index("Reference: distilgpt2"), key="arch_cmp_a")
-pick_b = cb.selectbox("B", labels, index=labels.index("Reference: deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
-                      key="arch_cmp_b")
-cmp_dtype = cd.selectbox("dtype", list(BYTES_PER_ELEMENT), index=list(BYTES_PER_ELEMENT).index("bfloat16"),
-                         key="arch_cmp_dtype", help="Element type for the weight and KV cache sizes of both.")
 
 
 def _view(pick: str) -> View | None:
@@ -168,14 +181,31 @@ def _view(pick: str) -> View | None:
         return None
 
 
-view_a, view_b = _view(pick_a), _view(pick_b)
-if view_a is not None and view_b is not None:
-    rows = comparison_rows(architecture_summary(view_a.diagram, view_a.config, cmp_dtype),
-                           architecture_summary(view_b.diagram, view_b.config, cmp_dtype),
-                           name_a=f"A: {view_a.name}", name_b=f"B: {view_b.name}")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=35 * len(rows) + 38)
-    st.caption("Parameters are counted on the module tree (tied weights once); the KV cache grows by the "
-               "per-token figure for every token in the context, for every sequence in a batch.")
+@st.fragment
+def compare() -> None:
+    st.subheader("Compare two architectures")
+    labels = list(options)
+    ca, cb, cd = st.columns([2, 2, 1])
+    with ca:
+        pick_a = keep(st.selectbox, "A", labels, index=labels.index("Reference: distilgpt2"), key="arch_cmp_a")
+    with cb:
+        pick_b = keep(st.selectbox, "B", labels, key="arch_cmp_b",
+                      index=labels.index("Reference: deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"))
+    with cd:
+        cmp_dtype = keep(st.selectbox, "dtype", list(BYTES_PER_ELEMENT), key="arch_cmp_dtype",
+                         index=list(BYTES_PER_ELEMENT).index("bfloat16"),
+                         help="Element type for the weight and KV cache sizes of both.")
+    view_a, view_b = _view(pick_a), _view(pick_b)
+    if view_a is not None and view_b is not None:
+        rows = comparison_rows(architecture_summary(view_a.diagram, view_a.config, cmp_dtype),
+                               architecture_summary(view_b.diagram, view_b.config, cmp_dtype),
+                               name_a=f"A: {view_a.name}", name_b=f"B: {view_b.name}")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=35 * len(rows) + 38)
+        st.caption("Parameters are counted on the module tree (tied weights once); the KV cache grows by the "
+                   "per-token figure for every token in the context, for every sequence in a batch.")
+
+
+compare()
 
 how_computed(build_diagram, kv_cache_per_token, architecture_summary, comparison_rows,
              command="python -m core architecture " + (view.cli if view is not None else lm.spec.cli()))

@@ -6,19 +6,22 @@ import streamlit as st
 
 from core.inspect import weights as core_weights
 from core.models.params import check_tying, count_parameters, weight_memory
+from core.units import format_bytes
 from ui import weights as ui
 from ui.explain import how_computed
 from ui.models import model_picker
+from ui.state import keep, share_link
 
 st.title("🔢 Parameter statistics")
 lm = model_picker()
+share_link()
 st.markdown(
     "A language model *is* its parameters: a few large matrices repeated in every layer, plus the token "
     "embeddings. This page counts them by component and by layer, checks whether the input embedding is "
     "reused as the output layer (weight tying), and summarises the values of every weight matrix.")
 
-report = ui.parameter_report(lm.spec.key, lm)
-counts, tying, memory = report["counts"], report["tying"], report["memory"]
+report = ui.parameter_report(lm)
+counts, tying, memory = report.counts, report.tying, report.memory
 total = counts["total"]
 by = counts["by_component"]
 embed = by.get("embeddings", 0)
@@ -77,15 +80,17 @@ st.caption(f"Weights only: parameters × bytes per weight ({total:,} parameters)
            "estimate of their scales (int8: one float32 scale per output row of each matrix; 4-bit: one "
            "float32 absmax per block of 64 weights, NF4 without double quantization). Libraries often keep "
            "embeddings and norms in 16 bit; that is not modelled. Activations and the KV cache come on top. "
-           f"Loaded now: {lm.card()['dtype']}, {ui.human_bytes(lm.memory_bytes())} reported by the model.")
+           f"Loaded now: {lm.precision}, {format_bytes(lm.memory_bytes())} reported by the model.")
 
 # ---------------------------------------------------------------- statistics of every matrix
 
 st.subheader("Statistics of every weight matrix")
 ws = ui.weight_stats(lm)
 ui.forget_on_model_change(lm, "p_kinds")
+if note := ui.quantized_note(ws):
+    st.info(note)
 if ws.skipped:
-    st.info(f"{len(ws.skipped)} quantized or offloaded parameters hold no float values here and are left out.")
+    st.info(f"{len(ws.skipped)} offloaded parameters hold no values here and are left out.")
 frame = ui.stats_frame(ws)
 near = f"share |w| < {ws.threshold:g}"
 st.caption(f"One row per parameter tensor ({len(frame)} rows). Near zero means |w| < {ws.threshold:g}. "
@@ -101,20 +106,27 @@ safe = lm.spec.source.replace("/", "_")
 st.download_button("Download the table (CSV)", frame.to_csv(index=False).encode(), f"weight_stats_{safe}.csv",
                    "text/csv", key="p_csv")
 
-if ws.kinds:
+
+
+@st.fragment
+def across_layers(ws) -> None:
+    """The statistic and the kinds drive only this chart: a change reruns this part alone."""
     st.markdown("**Across the layers**")
     c1, c2 = st.columns([2, 3])
     with c1:
-        stat = st.selectbox("Statistic", ["std", "mean", "min", "max", "frobenius", "near_zero_share"],
-                            key="p_stat", format_func=lambda s: "L2 norm" if s == "frobenius" else ui.STAT_LABELS[s])
+        stat = keep(st.selectbox, "Statistic", ["std", "mean", "min", "max", "frobenius", "near_zero_share"],
+                    key="p_stat", format_func=lambda s: "L2 norm" if s == "frobenius" else ui.STAT_LABELS[s])
     with c2:
-        default = ws.matrix_kinds or ws.kinds
-        shown = st.multiselect("Parameters", ws.kinds, default=default, key="p_kinds",
-                               format_func=core_weights.short_name)
+        shown = keep(st.multiselect, "Parameters", ws.kinds, default=ws.matrix_kinds or ws.kinds, key="p_kinds",
+                     format_func=core_weights.short_name)
     if shown:
         st.altair_chart(ui.layer_chart(ui.layer_frame(ws, stat, shown), ui.STAT_LABELS[stat]), width="stretch")
     else:
         st.info("Pick at least one parameter kind to draw.")
+
+
+if ws.kinds:
+    across_layers(ws)
 
 how_computed(count_parameters, check_tying, weight_memory, core_weights.tensor_stats,
              command=f"python -m core params {lm.spec.cli()}\npython -m core weights {lm.spec.cli()} --all-parameters")

@@ -7,13 +7,16 @@ import shlex
 import numpy as np
 import pandas as pd
 import streamlit as st
-import torch
 
 from core.inspect import attention as core_attn
-from core.inspect.architecture import config_dims
+from core.models.capture import Capture
+from core.models.loading import LoadedModel
 from ui import attention as charts
+from ui import state
 from ui.explain import how_computed
 from ui.models import forward, model_picker
+from ui.text import md
+from ui.widgets import clamp_state
 
 MAX_TOKENS = 256  # 30 layers x 9 heads x 256 x 256 weights is already 70 MB per text
 # A repeated sentence: previous-token and induction-like heads show up on the second copy.
@@ -23,7 +26,6 @@ DEFAULT_TEXT_2 = "Alice gave Bob a book because Bob had asked Alice for somethin
 
 st.title("👀 Attention")
 lm = model_picker()
-dims = config_dims(lm.config)
 groups = core_attn.kv_groups(lm.config)
 
 
@@ -43,51 +45,49 @@ st.markdown(
     "(the **keys**). A row of the matrix is one query token and sums to 1. The model is causal: a token cannot "
     "look ahead, so the upper triangle is masked (grey).")
 
-text = st.text_area("Text", DEFAULT_TEXT, key="attn_text", height=90,
-                    help=f"Up to {MAX_TOKENS} tokens are used (longer texts are cut).")
-compare = st.toggle("Compare with a second text", key="attn_compare")
-text_2 = st.text_area("Second text", DEFAULT_TEXT_2, key="attn_text2", height=68) if compare else None
+text = state.keep(st.text_area, "Text", value=DEFAULT_TEXT, key="attn_text", height=90,
+                  help=f"Up to {MAX_TOKENS} tokens are used (longer texts are cut).")
+compare = state.keep(st.toggle, "Compare with a second text", key="attn_compare")
+text_2 = state.keep(st.text_area, "Second text", value=DEFAULT_TEXT_2, key="attn_text2", height=68) if compare else None
 
 cap = forward(lm, text, max_tokens=MAX_TOKENS)
 if cap is None:
     explain()
     st.stop()
 if cap.seq_len < 2:
-    st.info(f"The text is a single token ({cap.labels[0]}). Attention needs at least two tokens: with one "
+    st.info(f"The text is a single token ({md(cap.labels[0])}). Attention needs at least two tokens: with one "
             "token the only possible attention is the token to itself (a 1 × 1 matrix of weight 1). "
             "Type a longer text.")
     explain(text=text)
     st.stop()
 
-attn = charts.attention_array(lm.spec.key, text, MAX_TOKENS, cap)  # [layers, heads, seq, seq]
+attn = charts.attention_array(lm, cap)  # [layers, heads, seq, seq]
 n_layers, n_heads, seq, _ = attn.shape
-causal = core_attn.is_causal(torch.from_numpy(attn[-1]))
+causal = charts.is_causal(lm, cap)
 
 # Widgets keep their value across model changes; bring it back in range first.
-for key, limit in (("attn_layer", n_layers), ("attn_head", n_heads)):
-    if st.session_state.get(key, 0) >= limit:
-        st.session_state[key] = limit - 1
+clamp_state("attn_layer", 0, n_layers - 1)
+clamp_state("attn_head", 0, n_heads - 1)
 
 c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
 with c1:
-    layer = st.slider("Layer", 0, n_layers - 1, key="attn_layer") if n_layers > 1 else 0
+    layer = state.keep(st.slider, "Layer", 0, n_layers - 1, key="attn_layer") if n_layers > 1 else 0
 with c2:
-    head = st.selectbox("Head", list(range(n_heads)), key="attn_head", format_func=lambda h: (
+    head = state.keep(st.selectbox, "Head", list(range(n_heads)), key="attn_head", format_func=lambda h: (
         f"head {h} · KV {core_attn.kv_head_of(h, n_heads, len(groups))}" if len(groups) < n_heads else f"head {h}"))
 with c3:
-    view = st.radio("Show", ["this head", "average of the layer's heads"], key="attn_view")
+    view = state.keep(st.radio, "Show", ["this head", "average of the layer's heads"], key="attn_view")
 with c4:
-    scale = st.radio("Colour", ["√ weight", "weight"], key="attn_scale",
-                     help="The square root keeps weak patterns visible next to a strong first-token sink.")
+    scale = state.keep(st.radio, "Colour", ["√ weight", "weight"], key="attn_scale",
+                       help="The square root keeps weak patterns visible next to a strong first-token sink.")
 sqrt = scale == "√ weight"
 head_avg = view != "this head"
+chosen_head = None if head_avg else head
 
 
-def selected(matrix_stack: np.ndarray) -> np.ndarray:
+def selected(capture: Capture) -> np.ndarray:
     """[seq, seq] of the chosen layer: one head or the head average."""
-    if head_avg:
-        return core_attn.head_average(torch.from_numpy(matrix_stack[layer:layer + 1]))[0].numpy()
-    return matrix_stack[layer, head]
+    return charts.layer_matrix(lm, capture, layer, chosen_head)
 
 
 def big_heatmap(matrix: np.ndarray, labels: list[str], title: str, size: int | None = None,
@@ -102,7 +102,7 @@ def big_heatmap(matrix: np.ndarray, labels: list[str], title: str, size: int | N
 
 # ---------------------------------------------------------------- all heads
 st.subheader("Every head at a glance")
-grid = charts.grid(lm.spec.key, text, MAX_TOKENS, sqrt, groups, cap)
+grid = charts.grid(lm, cap, sqrt, groups)
 st.image(charts.grid_png(grid, layer, None if head_avg else head), width=grid.rgb.shape[1])  # shrinks to fit
 kv_note = (f" Heads are grouped by the K/V head they share (grouped-query attention: {n_heads} query heads, "
            f"{len(groups)} K/V heads; `kvG` in the labels)." if len(groups) < n_heads else "")
@@ -114,7 +114,7 @@ st.caption(f"Columns = layers 0–{n_layers - 1}, rows = heads 0–{n_heads - 1}
 # ---------------------------------------------------------------- the selected head
 what = f"layer {layer}, " + ("mean of all heads" if head_avg else f"head {head}")
 st.subheader(f"Layer {layer}, {'all heads averaged' if head_avg else f'head {head}'}")
-stats = charts.statistics(lm.spec.key, text, MAX_TOKENS, cap)
+stats = charts.statistics(lm, cap)
 if len(groups) < n_heads and not head_avg:
     kv = core_attn.kv_head_of(head, n_heads, len(groups))
     st.markdown(f"Query head {head} reads **K/V head {kv}**, which it shares with heads "
@@ -126,8 +126,8 @@ STAT_LABELS = {"entropy": "Entropy (nats)", "sink": "To first token", "previous"
 
 def head_values(head_stats: dict) -> dict[str, float]:
     """The selected head's statistics (or their mean over the layer's heads), by label."""
-    return {label: float(head_stats[name][layer].mean() if head_avg else head_stats[name][layer, head])
-            for name, label in STAT_LABELS.items()}
+    summary = core_attn.head_summary(head_stats, layer, chosen_head)
+    return {label: summary[name] for name, label in STAT_LABELS.items()}
 
 
 values = head_values(stats)
@@ -142,7 +142,7 @@ if compare:
     st.caption("The numbers above are for the first text; both texts are compared in the table below.")
     left, right = st.columns(2)
     with left:
-        big_heatmap(selected(attn), cap.labels, f"Text 1: {what}", size=270)
+        big_heatmap(selected(cap), cap.labels, f"Text 1: {what}", size=270)
     with right:  # a truncation warning for the second text lands beside its heatmap
         has_text_2 = bool(text_2 and text_2.strip())
         cap_2 = forward(lm, text_2, max_tokens=MAX_TOKENS) if has_text_2 else None
@@ -153,56 +153,69 @@ if compare:
         elif cap_2.seq_len < 2:
             st.info("The second text is a single token: attention needs at least two tokens.")
         else:
-            attn_2 = charts.attention_array(lm.spec.key, text_2, MAX_TOKENS, cap_2)
-            big_heatmap(selected(attn_2), cap_2.labels, f"Text 2: {what}", size=270)
+            big_heatmap(selected(cap_2), cap_2.labels, f"Text 2: {what}", size=270)
     if cap_2 is not None and cap_2.seq_len >= 2:
-        stats_2 = charts.statistics(lm.spec.key, text_2, MAX_TOKENS, cap_2)
+        stats_2 = charts.statistics(lm, cap_2)
         table = pd.DataFrame([values, head_values(stats_2)],
                              index=[f"Text 1 ({cap.seq_len} tokens)", f"Text 2 ({cap_2.seq_len} tokens)"])
         st.dataframe(table.style.format("{:.3f}"), width="stretch")
 else:
-    big_heatmap(selected(attn), cap.labels, what)
+    big_heatmap(selected(cap), cap.labels, what)
 
 # ---------------------------------------------------------------- token to token
-st.subheader("Token to token")
-t1, t2 = st.columns([1, 2])
-threshold = t1.slider("Show weights of at least", 0.01, 1.0, 0.1, 0.01, key="attn_threshold")
-focus = t2.selectbox("Lines from", ["every token"] + cap.labels, key="attn_focus")
-query = None if focus == "every token" else cap.labels.index(focus)
-edges = core_attn.token_edges(torch.from_numpy(selected(attn)), threshold, query)
-if edges:
-    st.altair_chart(charts.edges_chart(edges, cap.labels), width="content")
-    st.caption(f"{len(edges)} lines: each query token (left) to the tokens it reads (right); thicker and darker "
-               f"= more weight. {what}.")
-else:
-    st.info(f"No attention weight reaches {threshold:.2f} in {what}; lower the threshold.")
 
-# ---------------------------------------------------------------- head statistics
-st.subheader("Head statistics across the model")
-stat = st.radio("Statistic", list(core_attn.STATISTICS), key="attn_stat", horizontal=True,
-                format_func=lambda s: {"entropy": "entropy", "sink": "first token (sink)", "previous": "previous token",
-                                       "self": "itself", "distance": "mean distance"}[s])
-st.altair_chart(charts.head_grid_chart(stats[stat], stats, core_attn.STATISTICS[stat], stat),
-                width="content")
-st.altair_chart(charts.head_grid_chart(stats["type"], stats, "Head types (rough heuristic, hover for the numbers)",
-                                       "type", nominal=True), width="content")
-counts = {t: int((stats["type"] == t).sum()) for t in core_attn.HEAD_TYPES}
-st.caption("Means over query positions 1…n−1 (position 0 can only attend to itself). Type: the target that gets "
-           "≥ 50% of the attention on average, else *broad* (entropy ≥ 80% of uniform) or *mixed*. "
-           + " · ".join(f"{t}: {n}" for t, n in counts.items()))
 
-# ---------------------------------------------------------------- rollout
-st.subheader("Attention rollout")
-st.markdown("How much of each input token reaches a position after several layers, following attention through "
-            "the residual connections (Abnar & Zuidema 2020): each layer's head-averaged attention A becomes "
-            "r·I + (1−r)·A, rows renormalised, multiplied layer by layer.")
-residual = st.slider("Residual weight r", 0.0, 1.0, 0.5, 0.05, key="attn_residual",
-                     help="0.5 is the paper's choice: half of what a position carries forward is itself.")
-rolled = charts.rollout(lm.spec.key, text, MAX_TOKENS, residual, cap)  # [layers, seq, seq]
-big_heatmap(rolled[layer], cap.labels, f"Rollout through layers 0–{layer}",
-            axes=("position", "input token it carries"))
-st.altair_chart(charts.bar_chart(rolled[layer, -1], cap.labels,
-                                 f"What the last token ({cap.labels[-1]}) draws from, after layer {layer}"),
-                width="stretch")
+@st.fragment
+def token_to_token(lm: LoadedModel, cap: Capture) -> None:
+    st.subheader("Token to token")
+    t1, t2 = st.columns([1, 2])
+    threshold = state.keep(t1.slider, "Show weights of at least", 0.01, 1.0, 0.1, 0.01, key="attn_threshold")
+    focus = t2.selectbox("Lines from", ["every token"] + cap.labels, key="attn_focus")
+    query = None if focus == "every token" else cap.labels.index(focus)
+    edges = charts.edges(lm, cap, layer, chosen_head, threshold, query)
+    if edges:
+        st.altair_chart(charts.edges_chart(edges, cap.labels), width="content")
+        st.caption(f"{len(edges)} lines: each query token (left) to the tokens it reads (right); thicker and darker "
+                   f"= more weight. {what}.")
+    else:
+        st.info(f"No attention weight reaches {threshold:.2f} in {what}; lower the threshold.")
 
+
+@st.fragment
+def head_statistics(stats: dict) -> None:
+    st.subheader("Head statistics across the model")
+    stat = state.keep(st.radio, "Statistic", list(core_attn.STATISTICS), key="attn_stat", horizontal=True,
+                      format_func=lambda s: {"entropy": "entropy", "sink": "first token (sink)",
+                                             "previous": "previous token", "self": "itself",
+                                             "distance": "mean distance"}[s])
+    st.altair_chart(charts.head_grid_chart(stats[stat], stats, core_attn.STATISTICS[stat], stat),
+                    width="content")
+    st.altair_chart(charts.head_grid_chart(stats["type"], stats, "Head types (rough heuristic, hover for the numbers)",
+                                           "type", nominal=True), width="content")
+    counts = {t: int((stats["type"] == t).sum()) for t in core_attn.HEAD_TYPES}
+    st.caption("Means over query positions 1…n−1 (position 0 can only attend to itself). Type: the target that "
+               "gets ≥ 50% of the attention on average, else *broad* (entropy ≥ 80% of uniform) or *mixed*. "
+               + " · ".join(f"{t}: {n}" for t, n in counts.items()))
+
+
+@st.fragment
+def rollout(lm: LoadedModel, cap: Capture) -> None:
+    st.subheader("Attention rollout")
+    st.markdown("How much of each input token reaches a position after several layers, following attention "
+                "through the residual connections (Abnar & Zuidema 2020): each layer's head-averaged attention A "
+                "becomes r·I + (1−r)·A, rows renormalised, multiplied layer by layer.")
+    residual = state.keep(st.slider, "Residual weight r", 0.0, 1.0, 0.5, 0.05, key="attn_residual",
+                          help="0.5 is the paper's choice: half of what a position carries forward is itself.")
+    rolled = charts.rollout(lm, cap, residual)  # [layers, seq, seq]
+    big_heatmap(rolled[layer], cap.labels, f"Rollout through layers 0–{layer}",
+                axes=("position", "input token it carries"))
+    st.altair_chart(charts.bar_chart(rolled[layer, -1], cap.labels,
+                                     f"What the last token ({cap.labels[-1]}) draws from, after layer {layer}"),
+                    width="stretch")
+
+
+token_to_token(lm, cap)
+head_statistics(stats)
+rollout(lm, cap)
+state.share_link()
 explain(layer, head, text)

@@ -233,3 +233,123 @@ def test_cli_bpe(capsys):
     assert [t["token"] for t in out["encoded"]] == ["low", "e", "s", "t", "</w>"]
     assert main(["bpe", "--text", "low lower lowest", "--vocab-size", "0"]) == 2
     assert "at least 8" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the Tokens page
+
+PAGE = "pages/4_Tokens.py"
+
+
+def _table(at, column: str):
+    """The first dataframe on the page that has `column`."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def _merge_pairs(at) -> list[str]:
+    return list(_table(at, "pair")["pair"])
+
+
+@pytest.mark.parametrize("source", ["tiny-gpt2", "tiny-llama", pytest.param("embedded", marks=pytest.mark.embedded)])
+def test_page_runs(source):
+    from pagetest import assert_clean, run_page
+
+    at = run_page(PAGE, source)
+    assert_clean(at)
+    assert [h.value for h in at.header][:2] == ["1. Byte-pair encoding from scratch",
+                                                "2. Your model's tokenizer vs this BPE"]
+    assert not at.warning
+    assert len(at.dataframe) >= 3  # merges, top words, model tokens
+
+
+def test_page_bpe_toy_corpora_and_vocab_range():
+    from pagetest import assert_clean, run_page
+
+    at = run_page(PAGE, "tiny-llama")
+    at.radio(key="bpe_corpus").set_value("low lower lowest").run()
+    assert_clean(at)
+    assert _merge_pairs(at)[:2] == ["l + o", "lo + w"]
+    assert at.slider(key="bpe_vocab").min == 8  # the base symbols: no size below them is offered
+    at.slider(key="bpe_vocab").set_value(10).run()
+    assert_clean(at)
+    assert _merge_pairs(at) == ["l + o", "lo + w"] and not at.warning
+    at.radio(key="bpe_corpus").set_value("Sennrich et al. toy corpus").run()
+    assert at.slider(key="bpe_vocab").min == 11 and not at.warning  # a new text: the value follows it
+    at.slider(key="bpe_vocab").set_value(16).run()
+    assert _merge_pairs(at)[:5] == ["e + s", "es + t", "est + </w>", "l + o", "lo + w"]
+    at.radio(key="bpe_base").set_value("bytes").run()
+    assert_clean(at)
+    assert at.slider(key="bpe_vocab").min == 257 and not at.warning  # 256 bytes + </w>
+
+
+def test_page_vocabulary_follows_the_text_after_a_one_character_text():
+    """Issue 9: after "a", the slider stayed at 3 for every later text ("too small… Pick at least 29")."""
+    from pagetest import assert_clean, run_page
+
+    at = run_page(PAGE, "tiny-llama")
+    at.radio(key="bpe_corpus").set_value("Your own text").run()
+    at.text_area(key="bpe_text").set_value("a").run()
+    assert_clean(at)
+    at.text_area(key="bpe_text").set_value("the quick brown fox jumps over the lazy dog " * 5).run()
+    assert_clean(at)
+    assert not any("too small" in w.value for w in at.warning)
+    slider = at.slider(key="bpe_vocab")
+    assert slider.min == 27 and slider.value > slider.min  # 26 letters + </w> and len(_merge_pairs(at)) > 0
+
+
+def test_page_bad_text_inputs():
+    from pagetest import assert_clean, run_page
+
+    at = run_page(PAGE, "tiny-gpt2")
+    at.radio(key="bpe_corpus").set_value("Your own text").run()
+    assert_clean(at)
+    assert any("training text is empty" in i.value for i in at.info)
+    at.text_area(key="bpe_text").set_value("   \n  ").run()
+    assert any("training text is empty" in i.value for i in at.info)
+    at.text_area(key="bpe_text").set_value("数据 😀 😀 emoji 🎉🎉 日本語 日本 " * 2_000).run()  # ~20,000 characters
+    assert_clean(at)
+    assert len(_merge_pairs(at)) > 0
+    at.text_input(key="bpe_sentence").set_value("x" * 20_000).run()
+    assert_clean(at)
+    assert any("only the first 2,000" in w.value for w in at.warning)
+    at.text_input(key="bpe_sentence").set_value("  ").run()
+    assert any("sentence is empty" in i.value for i in at.info)
+
+
+def test_page_chips_show_markdown_literally():
+    """Issue 9: `**bold** $x^2$` broke the chips into raw <span> HTML and made "bold" bold."""
+    from pagetest import assert_clean, run_page
+
+    at = run_page(PAGE, "tiny-llama", bpe_sentence="**bold** $x^2$ `code`")
+    assert_clean(at)
+    chips = [m.value for m in at.markdown if m.value.startswith("<span")]
+    assert len(chips) == 2  # the BPE's and the model's
+    for html_chips in chips:  # every Markdown/LaTeX special is an entity, in the text and in the titles
+        assert "*" not in html_chips and "$" not in html_chips and "`" not in html_chips
+        assert "&#42;" in html_chips and "&#36;" in html_chips
+
+
+def test_page_runs_the_command_it_shows():
+    """The command under "How this was computed" (shell-quoted) exits 0 with the merges the page shows."""
+    from pagetest import assert_clean, run_page
+    from shown_command import run_shown_command
+
+    at = run_page(PAGE, "tiny-llama")
+    at.radio(key="bpe_corpus").set_value("Sennrich et al. toy corpus").run()
+    at.slider(key="bpe_vocab").set_value(16).run()
+    assert_clean(at)
+    command = next(c.value for c in at.code if c.value.startswith("python -m core bpe"))
+    assert "alt.Chart" not in command
+    out = run_shown_command(command)
+    assert [" + ".join(m["pair"]) for m in out["merges"]] == _merge_pairs(at)
+
+
+@pytest.mark.embedded
+def test_page_widgets_embedded():
+    from pagetest import assert_clean, run_page
+
+    at = run_page(PAGE, "embedded")
+    at.radio(key="bpe_base").set_value("bytes").run()
+    assert_clean(at)
+    at.slider(key="bpe_step").set_value(5).run()
+    assert_clean(at)
+    assert any(m.value.startswith("**Step 5**") for m in at.markdown)

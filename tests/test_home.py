@@ -14,7 +14,7 @@ def metrics(at) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("model,layers,heads", [("tiny-gpt2", "2", "4 / 4"), ("tiny-qwen2", "2", "4 / 1"),
-                                                ("embedded", "30", "9 / 3")])
+                                                pytest.param("embedded", "30", "9 / 3", marks=pytest.mark.embedded)])
 def test_home_shows_the_model_card(model, layers, heads):
     at = run_page("Home.py", model)
     assert_clean(at)

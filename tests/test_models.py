@@ -64,6 +64,7 @@ def test_check_fits_accounts_for_quantization(monkeypatch):
     assert need == 7_241_732_096 // 2
 
 
+@pytest.mark.embedded
 def test_embedded_card(embedded):
     card = embedded.card()
     assert card["architecture"] == "LlamaForCausalLM"
@@ -79,6 +80,7 @@ def test_embedded_card(embedded):
     assert embedded.model.config._attn_implementation == "eager"
 
 
+@pytest.mark.embedded
 def test_embedded_knows_paris(embedded):
     from core.models.capture import run_forward, top_k
 
@@ -140,6 +142,7 @@ def test_tokenizer_is_safe_across_threads(load):
     assert not errors
 
 
+@pytest.mark.embedded
 def test_quantized_4bit_embedded_still_predicts(embedded):
     pytest.importorskip("bitsandbytes")
     lm = load_model(parse_spec("embedded", quantization="4bit"))

@@ -26,6 +26,7 @@ def test_tying_checked_two_ways(load, source, tied):
     assert t["shape"] == [49152, 64]
 
 
+@pytest.mark.embedded
 def test_tying_on_embedded_and_a_copy(embedded):
     t = check_tying(embedded.model)
     assert t["same_storage"] and t["equal_values"]
@@ -43,6 +44,7 @@ def test_tying_on_embedded_and_a_copy(embedded):
     assert not t["same_storage"] and t["equal_values"]
 
 
+@pytest.mark.embedded
 def test_weight_memory_from_the_count(load, embedded):
     for lm in (load("tiny-qwen2"), embedded):
         total = count_parameters(lm.model)["total"]
@@ -98,6 +100,7 @@ def test_page_runs_on_tiny_models(load, source):
     assert any("at least one" in i.value for i in at.info)
 
 
+@pytest.mark.embedded
 def test_page_runs_on_embedded(embedded):
     at = run_page(PAGE, "embedded")
     assert_clean(at)
@@ -107,7 +110,7 @@ def test_page_runs_on_embedded(embedded):
     assert metrics["Tied embeddings"] == "yes"
     memory = at.dataframe[0].value
     assert list(memory["format"]) == ["float32", "bfloat16", "int8", "4-bit"]
-    assert memory.iloc[0]["weights"] == "538.06 MB"  # 134,515,008 x 4 bytes
+    assert memory.iloc[0]["weights"] == "513.1 MiB"  # 134,515,008 x 4 bytes, binary units
     assert len(at.dataframe[1].value) == 272
     at.selectbox(key="p_stat").set_value("frobenius").run()
     assert_clean(at)

@@ -62,7 +62,7 @@ def test_last_hidden_state_is_final_norm(load):
     """transformers 5: hidden_states[-1] is the final-normed output, not the last block's raw output."""
     lm = load("tiny-llama")
     cap = capture_for(lm)
-    raw = cap.module_outputs[sw.anatomy(lm).layer_names[-1]]
+    raw = sw.layer_targets(lm, cap)[-1]  # the last block's output, before the final norm
     assert (raw - cap.hidden_states[-1]).abs().max() > 1e-2
     final = sw.final_by_hand(lm, raw)
     torch.testing.assert_close(final.final_norm, cap.hidden_states[-1], atol=1e-5, rtol=0)
@@ -276,10 +276,12 @@ def test_page_mlp_formula_uses_the_models_activation(model, symbol):
 
 
 def test_every_written_out_activation_has_its_formula():
-    assert set(sw.ACTIVATION_FORMULAS) == set(sw.ACTIVATIONS)
-    assert sw.activation_formula("relu") == (r"\mathrm{ReLU}", r"\mathrm{ReLU}(z) = \max(0, z)")
-    assert "erf" in sw.activation_formula("gelu")[1] and "tanh" in sw.activation_formula("gelu_new")[1]
-    assert sw.activation_formula("quick_gelu")[0] == r"\mathrm{quick\_gelu}"
+    from ui.forward import ACTIVATION_FORMULAS, activation_formula  # the formulas live beside the page
+
+    assert set(ACTIVATION_FORMULAS) == set(sw.ACTIVATIONS)
+    assert activation_formula("relu") == (r"\mathrm{ReLU}", r"\mathrm{ReLU}(z) = \max(0, z)")
+    assert "erf" in activation_formula("gelu")[1] and "tanh" in activation_formula("gelu_new")[1]
+    assert activation_formula("quick_gelu")[0] == r"\mathrm{quick\_gelu}"
 
 
 def test_page_keeps_sliders_in_range_when_the_model_changes():

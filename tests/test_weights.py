@@ -109,6 +109,7 @@ def test_matrix_kinds_follow_the_family(load):
     assert qwen.n_layers == 2 and qwen.table["std"].shape == (2, len(qwen.kinds))
 
 
+@pytest.mark.embedded
 def test_embedded_model_statistics(embedded, embedded_stats):
     ws = embedded_stats
     assert ws.n_layers == 30 and len(ws.rows) == 272
@@ -274,6 +275,7 @@ def test_page_runs_on_tiny_models(model, load):
     assert any("at least one" in i.value for i in at.info)
 
 
+@pytest.mark.embedded
 def test_page_embedded_and_embedding_matrix(embedded, embedded_stats):
     at = run_page(PAGE, "embedded")
     assert_clean(at)

@@ -12,7 +12,7 @@ from transformers import PretrainedConfig
 from core.inspect.architecture import BYTES_PER_ELEMENT, config_from_json_text
 from core.data import reference_config, reference_configs
 from core.inspect.diagram import Block, Diagram, build_diagram, diagram_from_config
-from core.models.loading import LoadedModel, ModelLoadError, hub_config
+from core.models.loading import LoadedModel, ModelLoadError, hub_config, is_hub_id, shown
 
 PASTE_KEY = "arch_pasted_config"  # the last pasted/uploaded text that gave a valid config
 HUB_KEY = "arch_hub_id"  # the last Hub id whose config was fetched
@@ -77,6 +77,10 @@ def text_view(text: str) -> View:
 
 
 def hub_view(model_id: str) -> View:
+    """A Hub id only: a local folder or path belongs in the paste/upload box (its config.json)."""
+    if not is_hub_id(model_id):
+        raise ValueError(f"`{shown(model_id)}` is not a Hugging Face Hub id (`organisation/name`, letters, digits, "
+                         "`-`, `_`, `.`). For a config.json on this computer, use **Paste or upload a config.json**.")
     config, diagram = _from_hub(model_id)
     return View(f"{model_id} (Hub config)", config, diagram, f"--hub {model_id}")
 
@@ -92,20 +96,40 @@ def reference_ids() -> list[str]:
     return list(reference_configs())
 
 
+LATEST_KEY = "arch_config_latest"  # "paste" or "upload": whichever the user touched last is drawn
+
+
+def _touched(which: str) -> None:
+    st.session_state[LATEST_KEY] = which
+
+
 def pasted_text() -> str | None:
-    """Paste box and uploader; returns the text to parse (the uploaded file wins), or None when empty."""
+    """Paste box and uploader; returns the text to parse, or None when there is none.
+
+    Both can hold a config at once: the one changed last is drawn, and a caption says which."""
+    from ui.state import keep
+
     c1, c2 = st.columns([3, 2])
-    text = c1.text_area("config.json", height=180, key="arch_paste",
-                        placeholder='{"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16, ...}')
-    upload = c2.file_uploader("…or upload a config.json", type=["json"], key="arch_upload")
-    if upload is not None:
-        raw = upload.getvalue()
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            st.error(f"`{upload.name}` is not UTF-8 text, so it cannot be a config.json.")
-            return None
-    return text
+    with c1:
+        text = keep(st.text_area, "config.json", height=180, key="arch_paste", url=False,
+                    on_change=_touched, args=("paste",),
+                    placeholder='{"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16, ...}')
+    upload = c2.file_uploader("…or upload a config.json", type=["json"], key="arch_upload",
+                              on_change=_touched, args=("upload",))
+    use_upload = upload is not None and (st.session_state.get(LATEST_KEY) == "upload" or not (text or "").strip())
+    if not use_upload:
+        if upload is not None:
+            st.caption(f"Drawing the **pasted text** (changed last); the uploaded `{shown(upload.name)}` is ignored "
+                       "until you upload again or clear the text.")
+        return text
+    if (text or "").strip():
+        st.caption(f"Drawing the **uploaded file** `{shown(upload.name)}` (changed last); the pasted text is "
+                   "ignored until you edit it again.")
+    try:
+        return upload.getvalue().decode("utf-8")
+    except UnicodeDecodeError:
+        st.error(f"`{shown(upload.name)}` is not UTF-8 text, so it cannot be a config.json.")
+        return None
 
 
 def default_kv_dtype(view: View) -> str:
@@ -113,6 +137,11 @@ def default_kv_dtype(view: View) -> str:
     dtype = getattr(view.config, "dtype", None) or getattr(view.config, "torch_dtype", None)
     name = str(dtype).replace("torch.", "") if dtype is not None else "bfloat16"
     return name if name in BYTES_PER_ELEMENT else "bfloat16"
+
+
+def default_block(diagram: Diagram) -> str:
+    """The block selected first: the query projection (or GPT-2's fused QKV), else the first box."""
+    return next((b.id for b in diagram.blocks if b.kind in ("q", "qkv")), diagram.blocks[0].id)
 
 
 # ---------------------------------------------------------------- one block in detail
@@ -152,5 +181,5 @@ def _prod(shape: tuple[int, ...]) -> int:
     return n
 
 
-__all__ = ["View", "model_view", "reference_view", "text_view", "hub_view", "show_error", "reference_ids",
-           "pasted_text", "default_kv_dtype", "block_details", "PASTE_KEY", "HUB_KEY", "ModelLoadError"]
+__all__ = ["LATEST_KEY", "View", "model_view", "reference_view", "text_view", "hub_view", "show_error", "reference_ids",
+           "pasted_text", "default_block", "default_kv_dtype", "block_details", "PASTE_KEY", "HUB_KEY", "ModelLoadError"]

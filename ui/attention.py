@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from core.inspect import attention as core_attn
 from core.models.capture import Capture
+from core.models.loading import LoadedModel
 from ui.charts import heatmap_image
 
 MASKED_RGB = (215, 215, 215)  # cells a causal model cannot attend to
@@ -26,32 +27,75 @@ ALTAIR_MAX_SEQ = 128  # 128 x 128 = 16k rects: beyond that the browser slows dow
 # ---------------------------------------------------------------- cached computations (key = model + text)
 
 
+def _key(lm: LoadedModel, cap: Capture) -> tuple[str, str, int]:
+    return lm.spec.key, cap.text, cap.seq_len
+
+
 # cache_resource, not cache_data: these arrays are read-only and large (30 x 9 x 256 x 256 floats = 70 MB),
 # and cache_data would unpickle a copy on every rerun.
 @st.cache_resource(show_spinner=False, max_entries=16)
-def attention_array(model_key: str, text: str, max_tokens: int, _cap: Capture) -> np.ndarray:
+def _stack(key: tuple, _cap: Capture):
+    return core_attn.attention_stack(_cap)
+
+
+def attention_array(lm: LoadedModel, cap: Capture) -> np.ndarray:
     """[layers, heads, seq, seq] float32, all layers stacked (shared, read-only)."""
-    return core_attn.attention_stack(_cap).numpy()
+    return _stack(_key(lm, cap), cap).numpy()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def statistics(model_key: str, text: str, max_tokens: int, _cap: Capture) -> dict[str, np.ndarray]:
-    attn = core_attn.attention_stack(_cap)
+def _causal(key: tuple, _cap: Capture) -> bool:
+    return core_attn.is_causal(_stack(key, _cap))
+
+
+def is_causal(lm: LoadedModel, cap: Capture) -> bool:
+    return _causal(_key(lm, cap), cap)
+
+
+def layer_matrix(lm: LoadedModel, cap: Capture, layer: int, head: int | None) -> np.ndarray:
+    """[seq, seq] of the chosen layer: one head, or the mean of the layer's heads (head=None)."""
+    return core_attn.layer_matrix(_stack(_key(lm, cap), cap), layer, head).numpy()
+
+
+def edges(lm: LoadedModel, cap: Capture, layer: int, head: int | None, threshold: float,
+          query: int | None) -> list[core_attn.Edge]:
+    stack = _stack(_key(lm, cap), cap)
+    return core_attn.token_edges(core_attn.layer_matrix(stack, layer, head), threshold, query)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _statistics(key: tuple, _cap: Capture) -> dict[str, np.ndarray]:
+    attn = _stack(key, _cap)
     stats = core_attn.head_statistics(attn)
     out = {k: v.numpy() for k, v in stats.items()}
     out["type"] = np.array(core_attn.head_types(stats, attn.shape[-1]))
     return out
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def rollout(model_key: str, text: str, max_tokens: int, residual: float, _cap: Capture) -> np.ndarray:
-    return core_attn.attention_rollout(core_attn.attention_stack(_cap), residual).numpy()
+def statistics(lm: LoadedModel, cap: Capture) -> dict[str, np.ndarray]:
+    """core.inspect.attention.head_statistics ([layers, heads] each) plus the head types."""
+    return _statistics(_key(lm, cap), cap)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def grid(model_key: str, text: str, max_tokens: int, sqrt: bool, groups: list[list[int]], _cap: Capture) -> Grid:
-    attn = core_attn.attention_stack(_cap)
-    return attention_grid(attn.numpy(), groups, core_attn.is_causal(attn), sqrt)
+def _rollout(key: tuple, residual: float, _cap: Capture) -> np.ndarray:
+    return core_attn.attention_rollout(_stack(key, _cap), residual).numpy()
+
+
+def rollout(lm: LoadedModel, cap: Capture, residual: float) -> np.ndarray:
+    """[layers, seq, seq] attention rollout with residual weight `residual`."""
+    return _rollout(_key(lm, cap), residual, cap)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _grid(key: tuple, sqrt: bool, groups: tuple[tuple[int, ...], ...], _cap: Capture) -> Grid:
+    attn = _stack(key, _cap)
+    return attention_grid(attn.numpy(), [list(g) for g in groups], core_attn.is_causal(attn), sqrt)
+
+
+def grid(lm: LoadedModel, cap: Capture, sqrt: bool, groups: list[list[int]]) -> Grid:
+    """Every head in one picture (see attention_grid)."""
+    return _grid(_key(lm, cap), sqrt, tuple(tuple(g) for g in groups), cap)
 
 
 # ---------------------------------------------------------------- images

@@ -15,16 +15,17 @@ PLOT_SIZE = alt.AutoSizeParams(type="pad")  # width/height = the cells, axes and
 LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")  # whole layers only (a 2-layer model got 0.5 ticks)
 
 
-@st.cache_data(show_spinner="Applying the final norm and LM head after every layer…", max_entries=16)
-def logit_lens(model_key: str, text: str, max_tokens: int, targets: tuple[int, ...] | None,
-               positions: tuple[int, ...], _lm: LoadedModel, _cap: Capture) -> dict:
-    """core.inspect.lens.logit_lens for some positions as numpy arrays, plus the last-layer parity with the logits."""
-    pos = list(positions)
-    result = core_lens.logit_lens(_lm.model, _cap, list(targets) if targets is not None else None, positions=pos)
-    return {"positions": pos, "top_ids": result.top_ids.numpy(), "top_probs": result.top_probs.numpy(),
-            "target_ids": result.target_ids.numpy(), "target_ranks": result.target_ranks.numpy(),
-            "target_probs": result.target_probs.numpy(), "final_norm": result.final_norm,
-            "parity": core_lens.final_layer_difference(_lm.model, _cap, pos)}
+@st.cache_resource(show_spinner="Applying the final norm and LM head after every layer…", max_entries=32)
+def _lens(key: tuple, targets: tuple[int, ...] | None, positions: tuple[int, ...], _lm: LoadedModel,
+          _cap: Capture) -> core_lens.LogitLens:
+    return core_lens.logit_lens(_lm.model, _cap, list(targets) if targets is not None else None,
+                                positions=list(positions))
+
+
+def logit_lens(lm: LoadedModel, cap: Capture, targets: tuple[int, ...] | None,
+               positions: tuple[int, ...]) -> core_lens.LogitLens:
+    """core.inspect.lens.logit_lens for some positions (cached per model, text and positions; read-only)."""
+    return _lens((lm.spec.key, cap.text, cap.seq_len), targets, positions, lm, cap)
 
 
 def layer_names(layers: int) -> list[str]:
@@ -32,9 +33,9 @@ def layer_names(layers: int) -> list[str]:
     return ["0 · embeddings"] + [str(i) for i in range(1, layers)] + [f"{layers} · last"]
 
 
-def decode_map(lm: LoadedModel, ids: np.ndarray) -> dict[int, str]:
+def decode_map(lm: LoadedModel, ids) -> dict[int, str]:
     """Each distinct id decoded once, whitespace made visible."""
-    unique = [int(i) for i in np.unique(ids) if i >= 0]
+    unique = [int(i) for i in np.unique(np.asarray(ids)) if i >= 0]
     return dict(zip(unique, (token_display(t) for t in lm.token_strings(unique))))
 
 
@@ -42,18 +43,20 @@ def _short(s: str, n: int = 7) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def lens_frame(lm: LoadedModel, lens: dict, labels: list[str]) -> pd.DataFrame:
+def lens_frame(lm: LoadedModel, lens: core_lens.LogitLens, labels: list[str]) -> pd.DataFrame:
     """One row per (layer, position) of a lens result, with the top tokens and the target's rank."""
-    names = decode_map(lm, np.concatenate([lens["top_ids"].ravel(), lens["target_ids"]]))
-    layers = lens["top_ids"].shape[0] - 1
+    top_ids, top_probs = lens.top_ids.numpy(), lens.top_probs.numpy()
+    target_ids, target_ranks, target_probs = lens.target_ids.numpy(), lens.target_ranks.numpy(), lens.target_probs.numpy()
+    names = decode_map(lm, np.concatenate([top_ids.ravel(), target_ids]))
+    layers = lens.layers
     ynames = layer_names(layers)
     rows = []
     for layer in range(layers + 1):
-        for n, p in enumerate(lens["positions"]):
-            ids = lens["top_ids"][layer, n]
-            probs = lens["top_probs"][layer, n]
-            target = int(lens["target_ids"][n])
-            rank = int(lens["target_ranks"][layer, n])
+        for n, p in enumerate(lens.positions.tolist()):
+            ids = top_ids[layer, n]
+            probs = top_probs[layer, n]
+            target = int(target_ids[n])
+            rank = int(target_ranks[layer, n])
             rows.append({
                 "layer": ynames[layer], "layer_index": layer, "position": labels[p],
                 "top token": names[int(ids[0])], "label": _short(names[int(ids[0])]),
@@ -61,7 +64,7 @@ def lens_frame(lm: LoadedModel, lens: dict, labels: list[str]) -> pd.DataFrame:
                 "top 3": "  ".join(f"{names[int(i)]} {q:.2f}" for i, q in zip(ids, probs)),
                 "target": names.get(target, "—"),
                 "target rank": rank if target >= 0 else None,
-                "target probability": float(lens["target_probs"][layer, n]) if target >= 0 else None,
+                "target probability": float(target_probs[layer, n]) if target >= 0 else None,
                 "log10 rank": float(np.log10(rank)) if target >= 0 else None,
             })
     return pd.DataFrame(rows)
@@ -100,13 +103,13 @@ def rank_chart(df: pd.DataFrame, labels: list[str], layers: int) -> alt.LayerCha
     return alt.layer(rect, text).properties(autosize=PLOT_SIZE)
 
 
-def trajectory_chart(lens: dict, position: int = 0) -> alt.Chart:
+def trajectory_chart(lens: core_lens.LogitLens, position: int = 0) -> alt.Chart:
     """Across layers, at one position (index into the lens result): probability of the tracked and top token."""
-    layers = lens["top_ids"].shape[0] - 1
+    layers = lens.layers
     df = pd.DataFrame({"layer": list(range(layers + 1)) * 2,
                        "series": ["tracked token"] * (layers + 1) + ["top token at that layer"] * (layers + 1),
-                       "probability": np.concatenate([lens["target_probs"][:, position],
-                                                      lens["top_probs"][:, position, 0]]).astype(float)})
+                       "probability": np.concatenate([lens.target_probs[:, position].numpy(),
+                                                      lens.top_probs[:, position, 0].numpy()]).astype(float)})
     return alt.Chart(df).mark_line(point=True).encode(
         x=alt.X("layer:Q", scale=alt.Scale(domain=[0, layers]), axis=LAYER_AXIS),
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
@@ -115,9 +118,9 @@ def trajectory_chart(lens: dict, position: int = 0) -> alt.Chart:
     ).properties(height=260)
 
 
-def rank_line_chart(lens: dict, position: int = 0) -> alt.Chart:
-    layers = lens["top_ids"].shape[0] - 1
-    df = pd.DataFrame({"layer": range(layers + 1), "rank": lens["target_ranks"][:, position].astype(int)})
+def rank_line_chart(lens: core_lens.LogitLens, position: int = 0) -> alt.Chart:
+    layers = lens.layers
+    df = pd.DataFrame({"layer": range(layers + 1), "rank": lens.target_ranks[:, position].numpy().astype(int)})
     return alt.Chart(df).mark_line(point=True, color="#e8590c").encode(
         x=alt.X("layer:Q", scale=alt.Scale(domain=[0, layers]), axis=LAYER_AXIS),
         y=alt.Y("rank:Q", scale=alt.Scale(type="log", reverse=True), title="rank of the tracked token (1 = top)"),

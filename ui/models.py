@@ -11,7 +11,9 @@ import threading
 import streamlit as st
 
 from core.models.capture import Capture, InputError, run_forward
+from core.train.runs import saved_models
 from ui.navigation import ensure_app_navigation
+from ui.state import set_params
 from core.models.loading import (
     DEVICES,
     DTYPES,
@@ -35,6 +37,8 @@ _CHOICES = {
     "tiny-qwen2": "tiny-qwen2 (random, Qwen2 style)",
     HUB_CHOICE: HUB_CHOICE,
 }
+# The spec in the URL: ?model=...&dtype=...&device=...&quant=... (defaults are left out).
+URL_PARAMS = {"model": "source", "dtype": "dtype", "device": "device", "quant": "quantization"}
 _loaded_keys: set[str] = set()  # process-wide: which specs are already in the resource cache
 _loaded_lock = threading.Lock()
 
@@ -46,6 +50,34 @@ def default_spec() -> ModelSpec:
 
 def current_spec() -> ModelSpec:
     return st.session_state.get(SPEC_KEY) or default_spec()
+
+
+def choices() -> dict[str, str]:
+    """Picker entries: source -> label. Saved training runs (core.train.runs) come after the tiny models."""
+    entries = {k: v for k, v in _CHOICES.items() if k != HUB_CHOICE}
+    try:
+        runs = saved_models()
+    except OSError:  # an unreadable runs folder must not break every page
+        runs = []
+    entries.update({str(run.path): run.label for run in runs})
+    entries[HUB_CHOICE] = HUB_CHOICE
+    return entries
+
+
+def spec_from_link() -> ModelSpec | None:
+    """The spec a link asks for (None when it names none); a bad one raises ModelLoadError."""
+    asked = {field: st.query_params.get(param) for param, field in URL_PARAMS.items()}
+    if not any(asked.values()):
+        return None
+    base = default_spec()
+    return parse_spec(asked["source"] or base.source, asked["dtype"] or base.dtype,
+                      asked["device"] or base.device, asked["quantization"] or base.quantization)
+
+
+def _write_link(spec: ModelSpec) -> None:
+    base = default_spec()
+    set_params(**{param: (getattr(spec, field) if getattr(spec, field) != getattr(base, field) else None)
+                  for param, field in URL_PARAMS.items()})
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -78,12 +110,13 @@ def get_model(spec: ModelSpec) -> LoadedModel:
 
 def _picker_form(spec: ModelSpec) -> ModelSpec | None:
     """Sidebar widgets; returns a new spec when the user asks for a load."""
-    in_list = spec.source in _CHOICES
+    entries = choices()
+    in_list = spec.source in entries
     with st.sidebar.form("model_picker"):
         st.markdown("**Model**")
-        keys = list(_CHOICES)
+        keys = list(entries)
         choice = st.selectbox("Model", keys, index=keys.index(spec.source if in_list else HUB_CHOICE),
-                              format_func=_CHOICES.get, label_visibility="collapsed")
+                              format_func=entries.get, label_visibility="collapsed")
         hub_id = st.text_input("Hub id or folder (when chosen above)", value="" if in_list else spec.source,
                                placeholder="HuggingFaceTB/SmolLM2-360M-Instruct")
         dtype = st.selectbox("dtype", list(DTYPES), index=list(DTYPES).index(spec.dtype))
@@ -106,13 +139,16 @@ def model_picker() -> LoadedModel:
     A failed load shows its reason and keeps the model that was loaded before.
     """
     ensure_app_navigation()
+    if SPEC_KEY not in st.session_state:  # a new session: a link may name the model
+        _seed_from_link()
     spec = current_spec()
     try:
         new = _picker_form(spec)
-        if new is not None and new != spec:
-            get_model(new)  # raises before we switch, so a failure keeps the old model
-            st.session_state[SPEC_KEY] = spec = new
-            st.session_state.pop(ERROR_KEY, None)
+        if new is not None:
+            st.session_state.pop(ERROR_KEY, None)  # a new choice (even the current model) clears old news
+            if new != spec:
+                get_model(new)  # raises before we switch, so a failure keeps the old model
+                st.session_state[SPEC_KEY] = spec = new
     except ModelLoadError as exc:
         st.session_state[ERROR_KEY] = str(exc)
     if st.session_state.get(ERROR_KEY):
@@ -123,8 +159,23 @@ def model_picker() -> LoadedModel:
         st.session_state[ERROR_KEY] = str(exc)
         st.session_state[SPEC_KEY] = spec = default_spec()
         lm = get_model(spec)
+    _write_link(lm.spec)
     st.sidebar.caption(f"Loaded: **{lm.name}** · {lm.summary()}")
     return lm
+
+
+def _seed_from_link() -> None:
+    """Open the model a link names; a bad or unloadable one falls back to the default with a message."""
+    try:
+        spec = spec_from_link()
+        if spec is None:
+            return
+        get_model(spec)
+    except ModelLoadError as exc:
+        st.session_state[ERROR_KEY] = f"The link's model could not be opened, so the default is shown: {exc}"
+        st.session_state[SPEC_KEY] = default_spec()
+        return
+    st.session_state[SPEC_KEY] = spec
 
 
 # A 512-token capture of the embedded model holds ~0.4 GB of attentions and logits: keep a few, shared.

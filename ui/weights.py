@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import streamlit as st
 from core.inspect import weights as core_weights
 from core.models.loading import LoadedModel
 from core.models.params import check_tying, count_parameters, weight_memory
+from core.units import format_bytes
 
 # width = the column, height = the plot area: Streamlit's default "fit" counts title and axes in the height,
 # which squeezes a short chart (a 2-layer model's histograms) down to nothing.
@@ -40,22 +43,39 @@ def weight_stats(lm: LoadedModel) -> core_weights.WeightStats:
     return _stats(lm.spec.key, lm)
 
 
-@st.cache_data(show_spinner="Computing the singular values…", max_entries=32)
-def spectrum(model_key: str, name: str, _lm: LoadedModel) -> dict:
-    s = core_weights.spectrum(_lm.model.get_parameter(name))
-    return {"singular_values": s.singular_values, "effective_rank": s.effective_rank,
-            "stable_rank": s.stable_rank, "method": s.method}
+@st.cache_resource(show_spinner="Computing the singular values…", max_entries=32)
+def _spectrum(model_key: str, name: str, _lm: LoadedModel) -> core_weights.Spectrum:
+    return core_weights.spectrum(core_weights.matrix(_lm.model, name))
+
+
+def spectrum(lm: LoadedModel, name: str) -> core_weights.Spectrum:
+    """Singular values of one weight matrix (dequantized first for a 4-bit or 8-bit model); shared, read-only."""
+    return _spectrum(lm.spec.key, name, lm)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def pooled(model_key: str, name: str, mode: str, _lm: LoadedModel) -> np.ndarray:
-    return core_weights.pool_matrix(_lm.model.get_parameter(name), mode=mode)
+def _pooled(model_key: str, name: str, mode: str, _lm: LoadedModel) -> np.ndarray:
+    return core_weights.pool_matrix(core_weights.matrix(_lm.model, name), mode=mode)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def parameter_report(model_key: str, _lm: LoadedModel) -> dict:
-    return {"counts": count_parameters(_lm.model), "tying": check_tying(_lm.model),
-            "memory": weight_memory(_lm.model)}
+def pooled(lm: LoadedModel, name: str, mode: str) -> np.ndarray:
+    return _pooled(lm.spec.key, name, mode, lm)
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    counts: dict  # core.models.params.count_parameters
+    tying: dict  # core.models.params.check_tying
+    memory: list[dict]  # core.models.params.weight_memory
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _parameter_report(model_key: str, _lm: LoadedModel) -> ParameterReport:
+    return ParameterReport(count_parameters(_lm.model), check_tying(_lm.model), weight_memory(_lm.model))
+
+
+def parameter_report(lm: LoadedModel) -> ParameterReport:
+    return _parameter_report(lm.spec.key, lm)
 
 
 def forget_on_model_change(lm: LoadedModel, *keys: str) -> None:
@@ -164,13 +184,6 @@ COMPONENT_LABELS = {
 }
 
 
-def human_bytes(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n:,.0f} B"
-
-
 def component_frame(by_component: dict[str, int]) -> pd.DataFrame:
     total = sum(by_component.values()) or 1
     return pd.DataFrame([{"component": COMPONENT_LABELS.get(k, k), "parameters": v, "share": v / total}
@@ -179,6 +192,18 @@ def component_frame(by_component: dict[str, int]) -> pd.DataFrame:
 
 def memory_frame(memory: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{"format": m["format"], "bytes per weight": m["bytes_per_weight"],
-                          "weights": human_bytes(m["weights_bytes"]),
-                          "+ scales (estimate)": human_bytes(m["scales_bytes"]) if m["scales_bytes"] else "—",
-                          "total": human_bytes(m["total_bytes"])} for m in memory])
+                          "weights": format_bytes(m["weights_bytes"]),
+                          "+ scales (estimate)": format_bytes(m["scales_bytes"]) if m["scales_bytes"] else "—",
+                          "total": format_bytes(m["total_bytes"])} for m in memory])
+
+
+def quantized_note(ws: core_weights.WeightStats) -> str | None:
+    """What to tell a user whose model stores some weights quantized (None for a float model)."""
+    rows = [r for r in ws.rows if str(r["dtype"]).endswith("(dequantized)")]
+    if not rows:
+        return None
+    kind = str(rows[0]["dtype"]).split()[0]
+    return (f"This model stores {len(rows)} of its {len(ws.rows)} weight tensors quantized ({kind}, bitsandbytes). "
+            "The statistics below are of their **dequantized** values (codes × scales, in float32): the "
+            "weights the model actually multiplies by, so they can be compared with the same model in "
+            "float32. Embeddings and norms stay in floating point.")

@@ -82,19 +82,6 @@ def config_dims(config: PretrainedConfig) -> dict[str, Any]:
     }
 
 
-def rope_theta(config: PretrainedConfig) -> float | None:
-    """The RoPE base: transformers 5 keeps it in `rope_parameters`, older configs in `rope_theta`."""
-    params = getattr(config, "rope_parameters", None)
-    if isinstance(params, dict):
-        if "rope_theta" in params:
-            return float(params["rope_theta"])
-        for sub in params.values():  # per-layer-type dicts (Gemma 3: full_attention / sliding_attention)
-            if isinstance(sub, dict) and "rope_theta" in sub:
-                return float(sub["rope_theta"])
-    theta = getattr(config, "rope_theta", None)
-    return float(theta) if isinstance(theta, (int, float)) else None
-
-
 # ---------------------------------------------------------------- KV cache
 
 BYTES_PER_ELEMENT = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "float8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -156,6 +143,10 @@ _POSITIVE_INT_FIELDS = ("hidden_size", "n_embd", "d_model", "num_hidden_layers",
                         "intermediate_size", "n_inner", "d_ff", "d_kv", "vocab_size", "head_dim",
                         "max_position_embeddings", "n_positions")
 MAX_LAYERS = 512  # the largest public models have ~130; more is a typo, and building 10^6 modules takes minutes
+# Like MAX_LAYERS: far above every public model (vocabularies ~262k, hidden sizes ~25k), far below a typo.
+PLAUSIBLE_MAX = {"vocab_size": (4_000_000, "vocabulary"), "hidden_size": (131_072, "hidden size"),
+                 "intermediate_size": (1_048_576, "MLP size"), "heads": (4_096, "number of attention heads"),
+                 "context_length": (100_000_000, "context length")}
 MAX_CONFIG_CHARS = 1_000_000
 
 
@@ -207,6 +198,11 @@ def validate_config(config: PretrainedConfig) -> None:
             raise ValueError(f"The config gives no usable number of {name} (got {value!r}).")
     if layers > MAX_LAYERS:
         raise ValueError(f"{layers:,} layers is more than any real model ({MAX_LAYERS} at most here); check the layer count.")
+    for key, (limit, what) in PLAUSIBLE_MAX.items():
+        value = dims.get(key)
+        if isinstance(value, int) and value > limit:
+            raise ValueError(f"A {what} of {value:,} is more than any real model ({limit:,} at most here); "
+                             f"check `{key}`.")
     if kv and heads % kv:
         raise ValueError(f"{heads} attention heads cannot be shared evenly by {kv} key/value heads "
                          "(the number of heads must be a multiple of the number of KV heads).")

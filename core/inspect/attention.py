@@ -82,6 +82,19 @@ def head_average(attn: torch.Tensor) -> torch.Tensor:
     return attn.float().mean(1)
 
 
+def layer_matrix(attn: torch.Tensor, layer: int, head: int | None = None) -> torch.Tensor:
+    """[seq, seq] of one layer of `attn` [layers, heads, seq, seq]: one head, or the mean of its heads."""
+    return attn[layer].float().mean(0) if head is None else attn[layer, head].float()
+
+
+def head_summary(stats: dict, layer: int, head: int | None = None) -> dict[str, float]:
+    """One head's statistics (a `head_statistics` result, tensors or arrays [layers, heads]) by name, or the
+    mean over the layer's heads when `head` is None (for entropy: the heads' mean entropy, not the entropy
+    of the averaged map)."""
+    return {name: float(stats[name][layer].mean() if head is None else stats[name][layer, head])
+            for name in STATISTICS}
+
+
 def attention_rollout(attn: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
     """[layers, seq, seq] attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow").
 
@@ -132,14 +145,18 @@ def kv_head_of(head: int, heads: int, kv_heads: int) -> int:
     return head // (heads // kv_heads)
 
 
-def kv_groups(config) -> list[list[int]]:
-    """[[query heads sharing KV head 0], [.. KV head 1], ...]; one group per head without GQA."""
-    dims = config_dims(config)
-    heads, kv_heads = dims["heads"], dims["kv_heads"] or dims["heads"]
+def head_groups(heads: int, kv_heads: int) -> list[list[int]]:
+    """[[query heads sharing KV head 0], [.. KV head 1], ...]: the one home of the GQA grouping."""
     groups: list[list[int]] = [[] for _ in range(kv_heads)]
     for h in range(heads):
         groups[kv_head_of(h, heads, kv_heads)].append(h)
     return groups
+
+
+def kv_groups(config) -> list[list[int]]:
+    """head_groups of a config; one group per head without GQA."""
+    dims = config_dims(config)
+    return head_groups(dims["heads"], dims["kv_heads"] or dims["heads"])
 
 
 def head_types(stats: dict[str, torch.Tensor], seq: int, threshold: float = 0.5) -> list[list[str]]:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, PretrainedConfig
 
-from core.inspect.architecture import Family, config_dims, detect_family, rope_theta
+from core.inspect.architecture import Family, config_dims, detect_family
+from core.inspect.rope import rope_theta
 
 # ---------------------------------------------------------------- data model
 

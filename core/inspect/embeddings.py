@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.inspect.architecture import config_dims
+from core.inspect import rope as _rope
+from core.inspect.rope import rope_dim, rope_theta  # noqa: F401  (the one home of RoPE's base and width)
 
 NEIGHBOUR_CHUNK = 16_384  # rows per matmul: bounds the float32 copy of a bf16 or GPU matrix
 
@@ -69,6 +70,11 @@ def nearest_neighbours(lm: Any, token_id: int, k: int = 10, norms: torch.Tensor 
     ids_list = ids.tolist()
     return [{"rank": r, "id": i, "token": t, "cosine": float(v)}
             for r, (i, t, v) in enumerate(zip(ids_list, lm.token_strings(ids_list), values.tolist()))]
+
+
+def token_vectors(lm: Any, token_ids: list[int]) -> torch.Tensor:
+    """`[n, hidden]` float32 on the CPU: the rows of W_E of these ids, stacked."""
+    return torch.stack([token_vector(lm, i) for i in token_ids])
 
 
 def cosine_matrix(vectors: torch.Tensor) -> torch.Tensor:
@@ -147,27 +153,10 @@ def rotary_module(lm: Any) -> nn.Module | None:
     return None
 
 
-def rope_theta(config: Any) -> float:
-    """The RoPE base: `rope_parameters["rope_theta"]` in transformers 5, `rope_theta` before."""
-    params = getattr(config, "rope_parameters", None) or {}
-    if isinstance(params, dict) and "rope_theta" in params:
-        return float(params["rope_theta"])
-    return float(getattr(config, "rope_theta", None) or 10_000.0)
-
-
-def rope_dim(config: Any) -> int:
-    """Dimensions of a head that rotate (all of them unless `partial_rotary_factor` < 1)."""
-    head_dim = config_dims(config)["head_dim"]
-    params = getattr(config, "rope_parameters", None) or {}
-    factor = (params.get("partial_rotary_factor") if isinstance(params, dict) else None) \
-        or getattr(config, "partial_rotary_factor", None) or 1.0
-    return int(head_dim * factor)
-
-
 def rope_inv_freq(config: Any) -> torch.Tensor:
-    """`[rope_dim / 2]` frequencies theta_i = base^(-2i/d) of the original RoPE (Su et al. 2021)."""
-    d = rope_dim(config)
-    return 1.0 / rope_theta(config) ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    """`[rope_dim / 2]` frequencies theta_i = base^(-2i/d) of the original RoPE (Su et al. 2021), float64
+    (`core.inspect.rope.rope_inv_freq`, computed in float32 as transformers does)."""
+    return _rope.rope_inv_freq(config).double()
 
 
 def model_inv_freq(lm: Any) -> torch.Tensor | None:
@@ -198,6 +187,17 @@ def rope_max_difference(lm: Any, inv_freq: torch.Tensor, n_positions: int) -> fl
     cos, _sin = model_rope_cos_sin(lm, n_positions)
     half = inv_freq.shape[0]
     return float((cos[:, :half].double() - torch.cos(rope_angles(inv_freq, n_positions))).abs().max())
+
+
+def rope_follows_formula(lm: Any) -> bool:
+    """Does the model's own `inv_freq` equal the plain formula (False for scaled variants: llama3, yarn, ...)?"""
+    inv, formula = model_inv_freq(lm), rope_inv_freq(lm.config)
+    return inv is not None and inv.shape == formula.shape and torch.allclose(inv, formula, rtol=1e-5)
+
+
+def rope_cos_table(inv_freq: torch.Tensor, n_positions: int) -> torch.Tensor:
+    """`[d/2, n_positions]` cos(pos * theta_i): one row per frequency pair, fastest first."""
+    return torch.cos(rope_angles(inv_freq, n_positions)).T
 
 
 def rotate_pair(pair: tuple[float, float], angles: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The logit lens (nostalgebraist 2020): what the model would predict if it stopped after layer l.
 
-The residual stream after each layer goes through the model's own final norm and LM head:
+The residual stream after each layer (`residual_stream`: the one capture of it, shared with the
+step-by-step forward pass) goes through the model's own final norm and LM head:
     lens_l = lm_head(final_norm(h_l))     l = 0 (embeddings) .. L (after the last layer)
 so at l = L it is exactly the model's logits.
 
@@ -101,10 +102,22 @@ class LogitLens:
     target_ranks: torch.Tensor  # [layers + 1, n] rank of the target, 1 = top (0 where no target)
     target_probs: torch.Tensor  # [layers + 1, n] its probability (nan where no target)
     final_norm: str | None  # the module applied before the LM head, or None
+    parity: float = float("nan")  # max |lens at the last layer - the model's logits| over the positions read
 
     @property
     def layers(self) -> int:
         return self.top_ids.shape[0] - 1
+
+    def first_top_layer(self, index: int = 0) -> int | None:
+        """The first layer from which the tracked token at `index` (into `positions`) stays the top
+        prediction through the last layer; None when it is not the top prediction at the end."""
+        ranks = self.target_ranks[:, index]
+        if int(self.target_ids[index]) < 0 or int(ranks[-1]) != 1:
+            return None
+        layer = self.layers
+        while layer > 0 and int(ranks[layer - 1]) == 1:
+            layer -= 1
+        return layer
 
 
 def logit_lens(model: nn.Module, capture: Capture, targets: list[int] | None = None, k: int = 3,
@@ -138,8 +151,9 @@ def logit_lens(model: nn.Module, capture: Capture, targets: list[int] | None = N
         rank = (logits > chosen).sum(-1) + 1
         ranks.append(torch.where(tracked, rank, torch.zeros_like(rank)))
         probs.append(torch.where(tracked, p.gather(-1, safe[:, None])[:, 0], torch.full((n,), float("nan"))))
+    parity = float((logits - capture.logits[pos].float()).abs().max()) if n else 0.0  # the last layer's
     return LogitLens(pos, torch.stack(top_ids), torch.stack(top_probs), target, torch.stack(ranks),
-                     torch.stack(probs), final_norm_name(model))
+                     torch.stack(probs), final_norm_name(model), parity)
 
 
 def next_token_targets(capture: Capture) -> list[int]:

@@ -1,16 +1,14 @@
 """The forward pass computed by hand from the weights, one named step at a time, checked against the model.
 
-Two layouts are covered, which between them are most causal LMs on the Hub:
-  GPT-2 style   learned positions added to the token embeddings, LayerNorm, fused QKV (Conv1D `c_attn`,
-                y = x @ W + b), GELU MLP (c_fc -> gelu -> c_proj)
-  Llama style   (Llama, Mistral, Qwen2 with QKV biases, Qwen3 with q/k RMSNorm) RMSNorm, separate
-                q/k/v/o projections, RoPE on queries and keys, grouped-query attention, SwiGLU MLP
-Everything is computed on the CPU in float32 for batch size 1 (batch dimension dropped).
+The layouts covered (GPT-2 style, Llama style) and their module names live in `core.inspect.anatomy`;
+RoPE in `core.inspect.rope`. Everything is computed in float32 for batch size 1 (batch dimension
+dropped), where the model runs; every tensor returned is on the CPU.
 
 Parity: the input of layer L is the model's own `hidden_states[L]`, so each layer is checked on its own.
 In transformers 5 the last element of `hidden_states` is `last_hidden_state`, i.e. already passed
-through the final norm; the raw output of the last block is therefore read from a forward hook
-(`parity_hooks`) and the final norm is checked separately against `hidden_states[-1]`.
+through the final norm; the raw output of the last block is the residual stream before the final norm,
+which `core.inspect.lens.residual_stream` reads from a hook on the final norm's input (`parity_hooks`).
+The same capture serves the logit lens.
 """
 
 from __future__ import annotations
@@ -22,100 +20,25 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from core.inspect import rope as rope_math
+from core.inspect.anatomy import GPT2_TYPES, LLAMA_TYPES, Anatomy, UnsupportedModel, anatomy, base_module
+from core.inspect.lens import lens_hook_modules, residual_stream
+from core.inspect.rope import RopeTables, apply_rope, rotate_half
 from core.models.capture import Capture
 from core.models.loading import LoadedModel
+
+__all__ = ["GPT2_TYPES", "LLAMA_TYPES", "Anatomy", "UnsupportedModel", "anatomy", "RopeTables", "apply_rope",
+           "rotate_half"]
 
 GPT2_TYPES = ("gpt2",)
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 PARITY_TOLERANCE = 1e-4  # float32
 
 
-class UnsupportedModel(ValueError):
-    """A model whose layer layout the hand computation does not know; the message is meant for the user."""
-
-
-# ---------------------------------------------------------------- what the model is made of
-
-
-@dataclass(frozen=True)
-class Anatomy:
-    """How one decoder layer of this model is wired, read from its config and module tree."""
-
-    style: str  # "gpt2" | "llama"
-    n_layers: int
-    hidden_size: int
-    intermediate_size: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    norm_kind: str  # "LayerNorm" | "RMSNorm"
-    activation: str  # config name: "gelu_new", "silu", ...
-    positions: str  # "learned" | "RoPE"
-    layer_names: tuple[str, ...]  # module names of the decoder layers
-    final_norm_name: str
-
-    @property
-    def mlp_kind(self) -> str:
-        if self.style == "gpt2":
-            return "GELU MLP"
-        return "SwiGLU" if self.activation in ("silu", "swish") else f"gated MLP ({self.activation})"
-
-    @property
-    def kv_groups(self) -> list[list[int]]:
-        """For each KV head, the query heads that share it (repeat_kv: query head h reads KV head h // n_rep)."""
-        n_rep = self.n_heads // self.n_kv_heads
-        return [list(range(g * n_rep, (g + 1) * n_rep)) for g in range(self.n_kv_heads)]
-
-
-def _base(lm: LoadedModel) -> nn.Module:
-    return getattr(lm.model, lm.model.base_model_prefix)
-
-
-def anatomy(lm: LoadedModel) -> Anatomy:
-    """Read the layout, or raise UnsupportedModel saying why the hand computation cannot follow it."""
-    cfg = lm.config
-    model_type = getattr(cfg, "model_type", "") or "unknown"
-    if lm.spec.quantization != "none":
-        raise UnsupportedModel("The hand computation needs plain floating-point weights; reload the model "
-                               "without 8-bit/4-bit quantization to follow it step by step.")
-    if any(p.device.type == "meta" for p in lm.model.parameters()):
-        raise UnsupportedModel("Part of this model is offloaded (weights on the meta device); the hand "
-                               "computation needs every weight in memory.")
-    prefix = lm.model.base_model_prefix
-    base = _base(lm)
-    if model_type in GPT2_TYPES:
-        style, layers_attr, final = "gpt2", "h", "ln_f"
-    elif model_type in LLAMA_TYPES:
-        style, layers_attr, final = "llama", "layers", "norm"
-    else:
-        raise UnsupportedModel(
-            f"The step-by-step hand computation covers GPT-2 style and Llama style models (Llama, Mistral, "
-            f"Qwen2, Qwen3); `{model_type}` is not one of them. The tokens and next-token probabilities "
-            "below still come from the model itself.")
-    if style == "llama" and (getattr(cfg, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0) != 1.0:
-        raise UnsupportedModel("This model rotates only part of each head (partial RoPE), which the hand "
-                               "computation does not follow.")
-    n_layers = len(getattr(base, layers_attr))
-    heads = cfg.num_attention_heads
-    hidden = cfg.hidden_size
-    if style == "gpt2":
-        kv_heads, head_dim = heads, hidden // heads
-        intermediate = getattr(cfg, "n_inner", None) or 4 * hidden
-        norm_kind, act, positions = "LayerNorm", cfg.activation_function, "learned"
-    else:
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-        intermediate = cfg.intermediate_size
-        norm_kind, act, positions = "RMSNorm", cfg.hidden_act, "RoPE"
-    return Anatomy(style, n_layers, hidden, intermediate, heads, kv_heads, head_dim, cfg.vocab_size,
-                   norm_kind, act, positions,
-                   tuple(f"{prefix}.{layers_attr}.{i}" for i in range(n_layers)), f"{prefix}.{final}")
-
-
 def parity_hooks(lm: LoadedModel) -> tuple[str, ...]:
-    """Modules to hook in `run_forward` so `parity` can read the last block's output before the final norm."""
-    return (anatomy(lm).layer_names[-1],)
+    """Modules to hook in `run_forward` so `parity` can read the last block's output: the final norm's input,
+    the same hook the logit lens uses (one capture serves both pages)."""
+    return lens_hook_modules(lm.model)
 
 
 # ---------------------------------------------------------------- small pieces, written out
@@ -127,6 +50,11 @@ def _w(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     The hand computation runs where the model runs: a GPU's GEMMs sum in another order than the CPU's, and
     on the large residual activations of trained models that alone moves results by ~1e-3."""
     return None if t is None else t.detach().to(device=x.device, dtype=torch.float32)
+
+
+def project(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """A projection as the module stores it: GPT-2's Conv1D (W transposed) or nn.Linear."""
+    return conv1d(x, module) if type(module).__name__ == "Conv1D" else linear(x, module)
 
 
 def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -159,10 +87,6 @@ def norm_eps(module: nn.Module) -> float:
     return float(getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6))
 
 
-def block_norm_eps(block: nn.Module, a: "Anatomy") -> float:
-    return norm_eps(block.ln_1 if a.style == "gpt2" else block.input_layernorm)
-
-
 def norm_statistics(x: torch.Tensor, kind: str, eps: float) -> dict[str, torch.Tensor]:
     """Per token ([seq]) what the norm divides by: rms = sqrt(mean(x^2) + eps) for RMSNorm;
     mean and std = sqrt(var + eps) for LayerNorm."""
@@ -190,26 +114,6 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-_SILU = r"\mathrm{SiLU}(z) = z\,\sigma(z) = \frac{z}{1 + e^{-z}}"
-_GELU_TANH = r"\mathrm{GELU}(z) \approx \tfrac12 z\,\big(1 + \tanh(\sqrt{2/\pi}\,(z + 0.044715 z^3))\big)"
-# (symbol, definition) for the formulas on the step-by-step page.
-ACTIVATION_FORMULAS: dict[str, tuple[str, str]] = {
-    "silu": (r"\mathrm{SiLU}", _SILU),
-    "swish": (r"\mathrm{SiLU}", _SILU),
-    "gelu_new": (r"\mathrm{GELU}", _GELU_TANH),
-    "gelu_fast": (r"\mathrm{GELU}", _GELU_TANH),
-    "gelu_pytorch_tanh": (r"\mathrm{GELU}", _GELU_TANH),
-    "gelu": (r"\mathrm{GELU}", r"\mathrm{GELU}(z) = z\,\Phi(z) = \tfrac12 z\,\big(1 + \mathrm{erf}(z/\sqrt2)\big)"),
-    "relu": (r"\mathrm{ReLU}", r"\mathrm{ReLU}(z) = \max(0, z)"),
-}
-
-
-def activation_formula(name: str) -> tuple[str, str]:
-    """(symbol, LaTeX definition) of a config's activation; unknown names are shown by name."""
-    return ACTIVATION_FORMULAS.get(name, (rf"\mathrm{{{name}}}".replace("_", r"\_"),
-                                          rf"\text{{{name} (transformers' implementation)}}".replace("_", r"\_")))
-
-
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation written out; an unknown name falls back to transformers' own implementation."""
     if name in ACTIVATIONS:
@@ -219,54 +123,9 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return ACT2FN[name]
 
 
-@dataclass
-class RopeTables:
-    """Rotary position tables for positions 0..seq-1 (d = head_dim).
-
-    inv_freq  [d/2]       rotation speed of each pair of dims: 1 / theta^(2i/d)
-    angles    [seq, d]    t * inv_freq_i, each angle used for the two halves of the head (HF's rotate_half layout)
-    cos, sin  [seq, d]    cos/sin of the angles (times the attention scaling of scaled RoPE variants)
-    """
-
-    rope_type: str
-    theta: float | None
-    inv_freq: torch.Tensor
-    angles: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
-
-
 def rope_tables(lm: LoadedModel, seq_len: int, device: torch.device | str = "cpu") -> RopeTables:
-    """RoPE computed from the config (default type); scaled variants (llama3, yarn, ...) reshape inv_freq,
-    so for those the model's own inv_freq and attention scaling are read from its rotary_emb module.
-    Angles, cos and sin are computed on `device`, as the model does (cos on a GPU may differ by an ulp);
-    inv_freq stays on the CPU."""
-    a = anatomy(lm)
-    params = getattr(lm.config, "rope_parameters", None) or {}
-    rope_type = params.get("rope_type", "default")
-    theta = params.get("rope_theta", getattr(lm.config, "rope_theta", 10000.0))
-    scaling = 1.0
-    if rope_type == "default":
-        inv_freq = 1.0 / (theta ** (torch.arange(0, a.head_dim, 2, dtype=torch.float) / a.head_dim))
-    else:
-        rotary = _base(lm).rotary_emb
-        inv_freq = rotary.inv_freq.detach().float().cpu()
-        scaling = float(rotary.attention_scaling)
-    positions = torch.arange(seq_len, dtype=torch.float, device=device)
-    freqs = positions[:, None] * inv_freq.to(device)[None, :]
-    angles = torch.cat((freqs, freqs), dim=-1)
-    return RopeTables(rope_type, theta, inv_freq, angles, angles.cos() * scaling, angles.sin() * scaling)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (-x2, x1) over the two halves of the last dimension."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x_i, x_{i+d/2}) by the angle of its position.  [heads, seq, d] -> [heads, seq, d]."""
-    return x * cos[None] + rotate_half(x) * sin[None]
+    """core.inspect.rope.rope_tables for this model (its own rotary module for scaled variants)."""
+    return rope_math.rope_tables(lm.config, seq_len, device, getattr(base_module(lm), "rotary_emb", None))
 
 
 def causal_mask(seq_len: int, sliding_window: int | None = None) -> torch.Tensor:
@@ -317,8 +176,8 @@ def embeddings_by_hand(lm: LoadedModel, ids: list[int]) -> EmbeddingSteps:
     token = _rows(lm.model.get_input_embeddings().weight, ids)
     position = None
     hidden = token
-    if a.style == "gpt2":
-        position = _rows(_base(lm).wpe.weight, range(len(ids)))
+    if a.names.positions is not None:
+        position = _rows(base_module(lm).get_submodule(a.names.positions).weight, range(len(ids)))
         hidden = token + position
     return EmbeddingSteps(token, position, hidden)
 
@@ -426,54 +285,51 @@ def layer_by_hand(lm: LoadedModel, layer: int, layer_input: torch.Tensor) -> Lay
     d = a.head_dim
     mask = causal_mask(seq, _sliding_window(lm, layer)).to(x.device)
     extras: dict[str, torch.Tensor] = {}
-    if a.style == "gpt2":
-        attn, mlp = block.attn, block.mlp
-        h = norm(x, block.ln_1)
-        qkv = conv1d(h, attn.c_attn)
-        q_lin, k_lin, v_lin = qkv.split(a.hidden_size, dim=-1)
-        q, k, v = _heads(q_lin, d), _heads(k_lin, d), _heads(v_lin, d)
-        rope = None
-        q_rope, k_rope = q, k
-        cfg = lm.config
-        scaling = d ** -0.5 if getattr(cfg, "scale_attn_weights", True) else 1.0
-        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
-            scaling /= float(layer + 1)
+    n = a.names
+    attn, mlp = block.get_submodule(n.attention), block.mlp
+    h = norm(x, block.get_submodule(n.attn_norm))
+    if a.fused_qkv:  # GPT-2: one Conv1D makes Q, K and V
+        q_lin, k_lin, v_lin = conv1d(h, attn.get_submodule(n.qkv[0])).split(a.hidden_size, dim=-1)
     else:
-        attn, mlp = block.self_attn, block.mlp
-        h = norm(x, block.input_layernorm)
-        q_lin, k_lin, v_lin = linear(h, attn.q_proj), linear(h, attn.k_proj), linear(h, attn.v_proj)
-        q, k, v = _heads(q_lin, d), _heads(k_lin, d), _heads(v_lin, d)
-        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's dims before RoPE
-            extras["query_before_q_norm"], extras["key_before_k_norm"] = q, k
-            q, k = rms_norm(q, attn.q_norm), rms_norm(k, attn.k_norm)
+        q_lin, k_lin, v_lin = (project(h, attn.get_submodule(name)) for name in n.qkv)
+    q, k, v = _heads(q_lin, d), _heads(k_lin, d), _heads(v_lin, d)
+    if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's dims before RoPE
+        extras["query_before_q_norm"], extras["key_before_k_norm"] = q, k
+        q, k = rms_norm(q, attn.q_norm), rms_norm(k, attn.k_norm)
+    if a.positions == "RoPE":
         rope = rope_tables(lm, seq, x.device)
         q_rope, k_rope = apply_rope(q, rope.cos, rope.sin), apply_rope(k, rope.cos, rope.sin)
-        scaling = d ** -0.5
+    else:  # learned positions were added to the embeddings
+        rope, q_rope, k_rope = None, q, k
+    scaling = _scaling(lm, a, layer)
     k_rep, v_rep, scores, weights, context, merged = _attention(a, q_rope, k_rope, v, scaling, mask)
-    if a.style == "gpt2":
-        attn_out = conv1d(merged, attn.c_proj)
-        resid = x + attn_out
-        h2 = norm(resid, block.ln_2)
-        gate = conv1d(h2, mlp.c_fc)
-        up = None
-        act = activation(a.activation)(gate)
-        hidden = act
-        mlp_out = conv1d(hidden, mlp.c_proj)
-    else:
-        attn_out = linear(merged, attn.o_proj)
-        resid = x + attn_out
-        h2 = norm(resid, block.post_attention_layernorm)
-        gate, up = linear(h2, mlp.gate_proj), linear(h2, mlp.up_proj)
-        act = activation(a.activation)(gate)
-        hidden = act * up
-        mlp_out = linear(hidden, mlp.down_proj)
+    attn_out = project(merged, attn.get_submodule(n.out_proj))
+    resid = x + attn_out
+    mlp_norm = block.get_submodule(n.mlp_norm)
+    h2 = norm(resid, mlp_norm)
+    gate = project(h2, mlp.get_submodule(n.mlp_in[0]))
+    up = project(h2, mlp.get_submodule(n.mlp_in[1])) if a.gated_mlp else None
+    act = activation(a.activation)(gate)
+    hidden = act * up if up is not None else act
+    mlp_out = project(hidden, mlp.get_submodule(n.mlp_out))
     out = resid + mlp_out
-    eps = block_norm_eps(block, a)
-    extras.update({f"attn_norm_{k}": v for k, v in norm_statistics(x, a.norm_kind, eps).items()})
-    extras.update({f"mlp_norm_{k}": v for k, v in norm_statistics(resid, a.norm_kind, eps).items()})
+    attn_eps = norm_eps(block.get_submodule(n.attn_norm))
+    extras.update({f"attn_norm_{k}": v for k, v in norm_statistics(x, a.norm_kind, attn_eps).items()})
+    extras.update({f"mlp_norm_{k}": v for k, v in norm_statistics(resid, a.norm_kind, norm_eps(mlp_norm)).items()})
     return _on_cpu(LayerSteps(layer, scaling, _sliding_window(lm, layer), x, h, q_lin, k_lin, v_lin, q, k, v,
                               rope, q_rope, k_rope, k_rep, v_rep, scores, mask, weights, context, merged,
                               attn_out, resid, h2, gate, up, act, hidden, mlp_out, out, extras))
+
+
+def _scaling(lm: LoadedModel, a: Anatomy, layer: int) -> float:
+    """The factor on Q K^T: 1/sqrt(d_head), or GPT-2's config switches."""
+    scaling = a.head_dim ** -0.5
+    if a.style == "gpt2":
+        cfg = lm.config
+        scaling = scaling if getattr(cfg, "scale_attn_weights", True) else 1.0
+        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
+            scaling /= float(layer + 1)
+    return scaling
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -527,18 +383,12 @@ def final_by_hand(lm: LoadedModel, last_output: torch.Tensor) -> FinalSteps:
 
 
 def layer_targets(lm: LoadedModel, capture: Capture) -> list[torch.Tensor]:
-    """The model's own output of every layer, [seq, hidden] each.
-
-    hidden_states[L + 1] for all but the last layer; the last one from the forward hook on the last
-    block, because hidden_states[-1] already has the final norm applied (see the module docstring).
-    """
-    a = anatomy(lm)
-    outs = capture.hidden_states[1:a.n_layers]
-    last = capture.module_outputs.get(a.layer_names[-1])
-    if last is None:
+    """The model's own output of every layer, [seq, hidden] each: the residual stream after each block,
+    before the final norm (`core.inspect.lens.residual_stream`, fed by the final norm's input hook)."""
+    if lens_hook_modules(lm.model)[0] not in capture.module_inputs:
         raise ValueError("the capture lacks the last block's output: run it with "
                          "hook_modules=stepwise.parity_hooks(lm)")
-    return [*outs, last]
+    return residual_stream(lm.model, capture)[1:anatomy(lm).n_layers + 1]
 
 
 @torch.inference_mode()
@@ -560,14 +410,17 @@ def residual_norms(lm: LoadedModel, capture: Capture) -> torch.Tensor:
 
 @dataclass
 class Parity:
-    """Max abs differences between the hand computation and the model (float32).
+    """Differences between the hand computation (float32) and the model.
 
-    embeddings       hand embeddings vs hidden_states[0]
-    per_layer        [layers]  hand layer L on hidden_states[L] vs the model's output of layer L
-    attn_weights     [layers]  hand softmax weights vs the model's returned attentions
-    final_norm       hand final norm of the last block's output vs hidden_states[-1]
-    logits           hand lm_head on that vs the model's logits
+    embeddings       max |Δ| of hand embeddings vs hidden_states[0]
+    per_layer        [layers]  max |Δ| of hand layer L on hidden_states[L] vs the model's output of layer L
+    attn_weights     [layers]  max |Δ| of hand softmax weights vs the model's returned attentions
+    final_norm       max |Δ| of the hand final norm of the last block's output vs hidden_states[-1]
+    logits           max |Δ| of the hand lm_head on that vs the model's logits
     chained_logits   the whole stack by hand from the ids (forward_by_hand) vs the model's logits
+    relative         check name -> ||hand - model|| / ||model|| (Frobenius): the size of the gap next to
+                     the size of the values, which is what judges a bf16/fp16 model's rounding
+    where            check name -> the token position holding that check's max |Δ|
     """
 
     embeddings: float
@@ -577,11 +430,33 @@ class Parity:
     logits: float
     chained_logits: float | None = None
     tolerance: float = PARITY_TOLERANCE
+    relative: dict[str, float] = field(default_factory=dict)
+    where: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def checks(self) -> dict[str, float]:
+        """max |Δ| by check name, in the order of the forward pass (the checks `worst` is about)."""
+        return {"embeddings": self.embeddings, **{f"layer {i}": d for i, d in enumerate(self.per_layer)},
+                "final norm": self.final_norm}
 
     @property
     def worst(self) -> float:
         """The largest difference over the checks the tolerance is about (embeddings, layers, final norm)."""
-        return max([self.embeddings, *self.per_layer, self.final_norm])
+        return max(self.checks.values())
+
+    @property
+    def worst_check(self) -> str:
+        """The name of the check with the largest max |Δ| (the first one on a tie)."""
+        checks = self.checks
+        return max(checks, key=checks.get)
+
+    @property
+    def worst_relative(self) -> tuple[str, float]:
+        """(check name, relative error) of the check with the largest relative error."""
+        if not self.relative:
+            return self.worst_check, float("nan")
+        name = max(self.relative, key=self.relative.get)
+        return name, self.relative[name]
 
     @property
     def ok(self) -> bool:
@@ -590,11 +465,22 @@ class Parity:
     def as_dict(self) -> dict:
         return {"tolerance": self.tolerance, "ok": self.ok, "worst": self.worst, "embeddings": self.embeddings,
                 "per_layer": self.per_layer, "attn_weights": self.attn_weights, "final_norm": self.final_norm,
-                "logits": self.logits, "chained_logits": self.chained_logits}
+                "logits": self.logits, "chained_logits": self.chained_logits, "worst_check": self.worst_check,
+                "relative": self.relative, "where": self.where}
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+
+
+def _compare(name: str, hand: torch.Tensor, model: torch.Tensor, rel: dict[str, float], where: dict[str, int]) -> float:
+    """max |hand - model| of [seq, hidden] tensors; records the relative error and the worst position."""
+    gap = hand.float() - model.float()
+    if not gap.numel():
+        return 0.0
+    rel[name] = float(gap.norm() / model.float().norm().clamp_min(1e-30))
+    where[name] = int(gap.abs().amax(-1).argmax())
+    return float(gap.abs().max())
 
 
 @torch.inference_mode()
@@ -604,18 +490,22 @@ def parity(lm: LoadedModel, capture: Capture, chained: bool = False) -> Parity:
     full forward pass)."""
     targets = layer_targets(lm, capture)
     emb = embeddings_by_hand(lm, capture.ids)
+    rel: dict[str, float] = {}
+    where: dict[str, int] = {}
     per_layer, attn = [], []
     for layer, target in enumerate(targets):
         steps = layer_by_hand(lm, layer, capture.hidden_states[layer])
-        per_layer.append(_diff(steps.layer_output, target))
+        per_layer.append(_compare(f"layer {layer}", steps.layer_output, target, rel, where))
         if layer < len(capture.attentions):
             attn.append(_diff(steps.attn_weights, capture.attentions[layer]))
     final = final_by_hand(lm, targets[-1])
     return Parity(
-        embeddings=_diff(emb.hidden_states, capture.hidden_states[0]),
+        embeddings=_compare("embeddings", emb.hidden_states, capture.hidden_states[0], rel, where),
         per_layer=per_layer,
         attn_weights=attn,
-        final_norm=_diff(final.final_norm, capture.hidden_states[-1]),
+        final_norm=_compare("final norm", final.final_norm, capture.hidden_states[-1], rel, where),
         logits=_diff(final.logits, capture.logits),
         chained_logits=_diff(forward_by_hand(lm, capture.ids).logits, capture.logits) if chained else None,
+        relative=rel,
+        where=where,
     )

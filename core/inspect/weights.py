@@ -31,13 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models.dequantize import float_values, quantization_of
 from core.models.params import layer_of
 
 CHUNK = 1 << 20  # elements per step: 4 MB of float32, small enough to stay in cache
 BINS = 80
 NEAR_ZERO = 1e-3
 TAIL_SIGMAS = 6.0  # histogram bins span mean ± 6 std; the first and last bins also hold the tails
-ENGINE_VERSION = 2  # bump when the statistics change, so old disk caches are ignored
+ENGINE_VERSION = 3  # bump when the statistics change, so old disk caches are ignored
 STATS = ("count", "mean", "std", "min", "max", "max_abs", "frobenius", "kurtosis", "near_zero_share")
 
 _LAYER_PREFIX = re.compile(r"^(?:.*?\.)?(?:layers|h|layer|block)\.\d+\.")  # as core.models.params.layer_of
@@ -131,6 +132,26 @@ def _usable(p: torch.Tensor) -> bool:
     return p.is_floating_point() and p.device.type != "meta" and p.numel() > 0
 
 
+class _Values:
+    """A parameter's float values on demand; dtype 'nf4 (dequantized)' for a bitsandbytes weight."""
+
+    def __init__(self, p: torch.Tensor) -> None:
+        self.p, self.quant = p, quantization_of(p)
+        self.usable = _usable(p) if self.quant is None else p.device.type != "meta"
+        self.dtype = f"{self.quant} (dequantized)" if self.quant else str(p.dtype).replace("torch.", "")
+
+    def values(self) -> torch.Tensor:
+        return float_values(self.p) if self.quant else self.p
+
+
+def matrix(model: nn.Module, name: str) -> torch.Tensor:
+    """One parameter's values by name, dequantized to float32 when the model is 4-bit or 8-bit."""
+    values = float_values(model.get_parameter(name))
+    if values is None:
+        raise ValueError(f"`{name}` holds no values on this machine (meta device)")
+    return values
+
+
 def _range(p: torch.Tensor) -> tuple[float, float]:
     lo, hi = math.inf, -math.inf
     for x in _chunks(p):
@@ -222,13 +243,14 @@ def compute_weight_stats(model: nn.Module, bins: int = BINS, threshold: float = 
 
 def _compute(model: nn.Module, bins: int, threshold: float) -> WeightStats:
     start = time.perf_counter()
-    params = [(name, p) for name, p in model.named_parameters()]
-    skipped = [name for name, p in params if not _usable(p)]
-    params = [(name, p) for name, p in params if _usable(p)]
+    # A quantized weight is dequantized to float32 (twice: for the bins, then the statistics; one at a time).
+    params = [(name, _Values(p)) for name, p in model.named_parameters()]
+    skipped = [name for name, p in params if not p.usable]
+    params = [(name, p) for name, p in params if p.usable]
     ranges, scans = {}, {}  # kind -> (min, max, [means], [stds]) over its layers
     for name, p in params:
-        lo, hi = ranges[name] = _range(p)
-        mean, std = _sample_moments(p)
+        lo, hi = ranges[name] = _range(p.values())
+        mean, std = _sample_moments(p.values())
         old = scans.setdefault(kind_of(name), [math.inf, -math.inf, [], []])
         old[0], old[1] = min(old[0], lo), max(old[1], hi)
         old[2].append(mean)
@@ -245,9 +267,10 @@ def _compute(model: nn.Module, bins: int, threshold: float) -> WeightStats:
     for name, p in params:
         k, layer = kind_of(name), layer_of(name)
         lo, hi = hist_edges[k][0], hist_edges[k][-1]
-        stats, hist = tensor_stats(p, (float(lo), float(hi), bins), threshold, ranges[name])
+        w = p.values()
+        stats, hist = tensor_stats(w, (float(lo), float(hi), bins), threshold, ranges[name])
         rows.append({"name": name, "layer": layer, "kind": k, "module": module_name(k),
-                     "shape": list(p.shape), "dtype": str(p.dtype).replace("torch.", ""), **stats})
+                     "shape": list(w.shape), "dtype": p.dtype, **stats})
         if layer is not None and k in kind_pos:
             for s in STATS:
                 table[s][layer_pos[layer], kind_pos[k]] = stats[s]

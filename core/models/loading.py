@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -44,10 +45,37 @@ DEVICES = ("auto", "cpu", "cuda")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 TINY_SEED = 0
 
-# bitsandbytes warns on every 8-bit matmul of an fp32 input; once per forward pass per layer floods the log.
-warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+
+
+class _Once(logging.Filter):
+    """Let the first record starting with `prefix` through, drop the repeats."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        return True
+
+
+# bitsandbytes says this on every 8-bit matmul of a non-fp16 input: ~3,000 lines per 8-bit forward pass on
+# CPU. It logs it (logging, not warnings) in recent versions; older ones used warnings.warn.
+MATMUL8BIT_NOTICE = "MatMul8bitLt: inputs will be cast"
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_Once(MATMUL8BIT_NOTICE))
+warnings.filterwarnings("ignore", message=MATMUL8BIT_NOTICE)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+ECHO_LIMIT = 60  # characters of user input echoed back in a message or a label
+
+
+def shown(text: str, limit: int = ECHO_LIMIT) -> str:
+    """User input shortened for a message: a 3,000-character id must not fill the sidebar."""
+    return text if len(text) <= limit else f"{text[:limit - 21]}…{text[-20:]} ({len(text):,} characters)"
 
 
 class ModelLoadError(Exception):
@@ -69,7 +97,7 @@ class ModelSpec:
     def label(self) -> str:
         extras = [x for x in (self.dtype if self.dtype != "float32" else "",
                               self.quantization if self.quantization != "none" else "") if x]
-        name = "SmolLM2-135M-Instruct (embedded)" if self.source == EMBEDDED else self.source
+        name = "SmolLM2-135M-Instruct (embedded)" if self.source == EMBEDDED else _short_source(self.source)
         return f"{name} [{', '.join(extras)}]" if extras else name
 
     def cli(self) -> str:
@@ -84,6 +112,19 @@ class ModelSpec:
         return " ".join(parts)
 
 
+def _short_source(source: str) -> str:
+    """A saved training run shows as 'run: NAME', any other local folder by its last two path parts."""
+    if source in TINY_SOURCES or _HUB_ID.match(source) or not _is_folder(source):
+        return shown(source)
+    path = Path(source).resolve()
+    from core.train.runs import runs_root
+
+    with contextlib.suppress(ValueError, OSError):
+        inside = path.relative_to(runs_root().resolve())
+        return shown(f"run: {inside.parts[0]}")
+    return shown(str(Path(path.parent.name) / path.name) if path.parent.name else str(path))
+
+
 @dataclass
 class LoadedModel:
     model: PreTrainedModel
@@ -93,6 +134,7 @@ class LoadedModel:
     loaded_from: str  # "GGUF", "safetensors cache", "random init (seed 0)", "Hugging Face Hub", "local folder"
     # Fast tokenizers are not thread-safe ("Already borrowed"): every shared call goes through this lock.
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _n_parameters: int | None = field(default=None, repr=False)
 
     @property
     def config(self) -> PretrainedConfig:
@@ -119,11 +161,29 @@ class LoadedModel:
         with self.tokenizer_lock:
             return [self.tokenizer.decode([i]) for i in ids]
 
+    @property
+    def n_parameters(self) -> int:
+        """Logical parameters (a 4-bit tensor packs two per byte; tied weights once), as on Home."""
+        if self._n_parameters is None:
+            from core.models.params import count_parameters
+
+            self._n_parameters = int(count_parameters(self.model)["total"])
+        return self._n_parameters
+
+    @property
+    def precision(self) -> str:
+        """'float32', or for a quantized model the storage and the compute dtype: '4-bit NF4 (compute float32)'."""
+        compute = str(self.model.dtype).replace("torch.", "")
+        if self.spec.quantization == "4bit":
+            return f"4-bit NF4 (compute {compute})"
+        if self.spec.quantization == "8bit":
+            return f"8-bit int8 (compute {compute})"
+        return compute
+
     def summary(self) -> str:
         """One line for the sidebar: '134.5M params · 30 layers · float32 · cpu'."""
-        n = sum(p.numel() for p in self.model.parameters())
         layers = getattr(self.config, "num_hidden_layers", "?")
-        return f"{n / 1e6:,.1f}M params · {layers} layers · {str(self.model.dtype).replace('torch.', '')} · {self.device}"
+        return f"{self.n_parameters / 1e6:,.1f}M params · {layers} layers · {self.precision} · {self.device}"
 
     def memory_bytes(self) -> int:
         return int(self.model.get_memory_footprint())
@@ -166,6 +226,11 @@ def _is_folder(source: str) -> bool:
         return False
 
 
+def is_hub_id(text: str) -> bool:
+    """`name` or `organisation/name` as the Hugging Face Hub spells ids (no paths, no spaces)."""
+    return bool(_HUB_ID.match(text))
+
+
 def parse_spec(source: str, dtype: str = "float32", device: str = "auto", quantization: str = "none") -> ModelSpec:
     """Validate user input into a spec; every failure is a ModelLoadError with a readable message."""
     source = (source or "").strip()
@@ -181,7 +246,7 @@ def parse_spec(source: str, dtype: str = "float32", device: str = "auto", quanti
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("No CUDA GPU is visible on this machine; choose device `auto` or `cpu`.")
     if source not in (EMBEDDED, *TINY_SOURCES) and not _is_folder(source) and not _HUB_ID.match(source):
-        raise ModelLoadError(f"`{source}` is not a valid Hugging Face model id (expected `name` or "
+        raise ModelLoadError(f"`{shown(source)}` is not a valid Hugging Face model id (expected `name` or "
                              "`organisation/name`, letters, digits, `-`, `_`, `.`) nor a local folder.")
     return ModelSpec(source, dtype, device, quantization)
 
@@ -326,24 +391,40 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _require_hub(model_id: str) -> None:
     if not hub_reachable():
         raise ModelLoadError(
-            f"The Hugging Face Hub cannot be reached from this machine, so `{model_id}` cannot be "
+            f"The Hugging Face Hub cannot be reached from this machine, so `{shown(model_id)}` cannot be "
             "downloaded. The embedded SmolLM2-135M-Instruct and the tiny models work offline.")
 
 
 def hub_config(model_id: str) -> PretrainedConfig:
     """The config of a Hub model or local folder, with readable errors; never runs remote code."""
-    if not _is_folder(model_id):
+    if _is_folder(model_id):
+        not_a_model_folder(model_id)
+    else:
         _require_hub(model_id)
     try:
         return AutoConfig.from_pretrained(model_id, trust_remote_code=False)
     except ValueError as exc:  # an architecture this transformers does not know, or remote code
-        raise ModelLoadError(f"`{model_id}` needs code that transformers does not ship "
+        raise ModelLoadError(f"`{shown(model_id)}` needs code that transformers does not ship "
                              f"(remote code is never run here): {str(exc).splitlines()[0]}") from exc
     except OSError as exc:
         msg = str(exc)
         if "not a valid model identifier" in msg or "does not appear to have" in msg or "404" in msg:
-            raise ModelLoadError(f"`{model_id}` was not found on the Hugging Face Hub (or is gated/private).") from exc
-        raise ModelLoadError(f"Could not read the config of `{model_id}`: {msg.splitlines()[0]}") from exc
+            raise ModelLoadError(f"`{shown(model_id)}` was not found on the Hugging Face Hub (or is gated/private).") from exc
+        raise ModelLoadError(f"Could not read the config of `{shown(model_id)}`: {msg.splitlines()[0]}") from exc
+
+
+def not_a_model_folder(folder: str) -> None:
+    """Refuse a folder without a config.json naming a model_type (`/etc`, `../../`), saying so."""
+    config = Path(folder) / "config.json"
+    try:
+        import json
+
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if not model_type:
+        raise ModelLoadError(f"`{shown(folder)}` is a folder but not a model folder: it has no config.json "
+                             "with a `model_type` (a saved Hugging Face model has one).")
 
 
 def bytes_per_parameter(dtype: str, quantization: str) -> float:
@@ -385,7 +466,7 @@ def check_fits(config: PretrainedConfig, spec: ModelSpec) -> int:
     # 20% headroom for activations, the tokenizer and the app itself.
     if need * 1.2 > have:
         raise ModelLoadError(
-            f"`{spec.source}` needs about {need / 2**30:.1f} GiB for its weights in {spec.dtype}"
+            f"`{shown(spec.source)}` needs about {need / 2**30:.1f} GiB for its weights in {spec.dtype}"
             f"{'' if spec.quantization == 'none' else ' ' + spec.quantization}, but only "
             f"{have / 2**30:.1f} GiB is free here. Try bf16, 8-bit or 4-bit, or a smaller model.")
     return need
@@ -413,10 +494,10 @@ def _from_hub(spec: ModelSpec, dtype: torch.dtype, extra: dict[str, Any]) -> tup
         model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, attn_implementation="eager",
                                                      trust_remote_code=False, **extra)
     except ValueError as exc:
-        raise ModelLoadError(f"`{spec.source}` cannot be loaded as a causal language model: "
+        raise ModelLoadError(f"`{shown(spec.source)}` cannot be loaded as a causal language model: "
                              f"{str(exc).splitlines()[0]}") from exc
     except OSError as exc:
-        raise ModelLoadError(f"Could not load `{spec.source}`: {str(exc).splitlines()[0]}") from exc
+        raise ModelLoadError(f"Could not load `{shown(spec.source)}`: {str(exc).splitlines()[0]}") from exc
     where = "local folder" if _is_folder(spec.source) else "Hugging Face Hub"
     return model, tokenizer, where
 
@@ -448,7 +529,7 @@ def load_model(spec: ModelSpec | str, progress: Callable[[str], None] | None = N
         say(f"Building {spec.source} from its config (seed {TINY_SEED})")
         model, tokenizer, where = _tiny(spec, dtype)
     else:
-        say(f"Fetching {spec.source}")
+        say(f"Fetching {shown(spec.source)}")
         model, tokenizer, where = _from_hub(spec, dtype, extra)
     if not getattr(model, "hf_device_map", None):
         # Built in memory (tiny models, the first GGUF load): nothing placed it yet.

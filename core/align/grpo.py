@@ -1,0 +1,153 @@
+"""Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath) through TRL's GRPOTrainer.
+
+For each prompt the policy samples a group of G completions, a reward function scores them, and each
+completion's advantage is its reward standardised within its group:
+
+    A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)
+
+No value model: the group mean is the baseline. The loss pushes up the log-probability of completions with
+A_i > 0 and down those with A_i < 0 (PPO's clipped ratio, here one update per generation, so the ratio is 1
+and the loss value itself sits near zero while its gradient does the work).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core.align.common import (JobCallback, format_prompt, greedy_answers, preference_pairs, private_copy,
+                               private_tokenizer, trainer_args)
+from core.align.rewards import Reward, as_trl, make_reward
+from core.jobs import Job, JobError
+
+GRPO_METRICS = {"reward": "reward", "reward_std": "reward_std", "loss": "loss",
+                "completions/mean_length": "length", "frac_reward_zero_std": "zero_std_groups"}
+EPS = 1e-4  # TRL adds this to the group std so that a group of equal rewards gives A = 0, not 0/0
+
+
+def group_advantages(rewards: list[float], eps: float = EPS) -> list[float]:
+    """A_i = (r_i - mean) / (std + eps) with the sample (Bessel-corrected) std, as TRL computes it."""
+    if len(rewards) < 2:
+        return [0.0] * len(rewards)
+    mean, std = statistics.fmean(rewards), statistics.stdev(rewards)
+    return [(r - mean) / (std + eps) for r in rewards]
+
+
+@dataclass
+class GRPOConfigLab:
+    reward: str = "length"  # one of core.align.rewards.REWARD_KINDS
+    word: str = "thank"
+    target: int = 5
+    steps: int = 8
+    lr: float = 2e-5
+    generations: int = 4  # G, the group size; one prompt per step
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    seed: int = 0
+    before_after: tuple[str, ...] = ("Can you recommend a good movie?", "How do I fix a flat bicycle tyre?")
+    answer_tokens: int = 24
+
+
+@dataclass
+class Group:
+    """One prompt's completions as scored at one step: what the page shows step by step."""
+    step: int
+    prompt: str
+    completions: list[str]
+    rewards: list[float]
+    advantages: list[float]  # by hand, group_advantages(rewards)
+    trl_advantages: list[float]  # what TRL computed for the same completions
+
+
+@dataclass
+class GRPOResult:
+    rows: list[dict[str, float]]
+    reward_start: float  # mean reward over the first quarter of the steps
+    reward_end: float  # ... and over the last quarter
+    seconds_per_step: float
+    reward_name: str
+    groups: list[Group] = field(default_factory=list)
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    before_rewards: list[float] = field(default_factory=list)
+    after_rewards: list[float] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+
+def validate(cfg: GRPOConfigLab) -> Reward:
+    if not 1 <= cfg.steps <= 200:
+        raise JobError("Steps must be between 1 and 200.")
+    if not 2 <= cfg.generations <= 16:
+        raise JobError("The group needs between 2 and 16 completions (with 1 there is nothing to compare).")
+    if not 1 <= cfg.max_new_tokens <= 128:
+        raise JobError("Completions must be 1 to 128 tokens long.")
+    if not 0 < cfg.lr <= 1e-3:
+        raise JobError("The learning rate must be in (0, 1e-3].")
+    if not 0 < cfg.temperature <= 5:
+        raise JobError("The sampling temperature must be in (0, 5]; GRPO needs varied samples, so not 0.")
+    try:
+        return make_reward(cfg.reward, cfg.word, cfg.target)
+    except ValueError as exc:
+        raise JobError(str(exc)) from exc
+
+
+def run_grpo(model, tokenizer, cfg: GRPOConfigLab, job: Job | None = None) -> GRPOResult:
+    """GRPO on the shipped prompts with a programmatic reward, on a private copy of `model`."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    reward = validate(cfg)
+    torch.manual_seed(cfg.seed)
+    policy, tok = private_copy(model), private_tokenizer(tokenizer)
+    before = greedy_answers(policy, tok, list(cfg.before_after), cfg.answer_tokens)
+    groups: list[Group] = []
+    state: dict[str, Any] = {"trainer": None, "step": 0}
+
+    def on_call(prompts: list, completions: list[str], rewards: list[float]) -> None:
+        g = cfg.generations  # one prompt per step: the first G completions are its group
+        trainer = state["trainer"]
+        groups.append(Group(step=state["step"] + 1, prompt=str(prompts[0]), completions=completions[:g],
+                            rewards=rewards[:g], advantages=group_advantages(rewards[:g]), trl_advantages=[]))
+        del groups[:-50]
+        if job is not None:
+            job.report(group=groups[-1], trainer_ready=trainer is not None)
+
+    def extra(step: int, _model) -> dict[str, float]:
+        state["step"] = step
+        trainer = state["trainer"]
+        if groups and trainer is not None and not groups[-1].trl_advantages:
+            groups[-1].trl_advantages = [float(a) for a in list(trainer._logs["advantages"])[-cfg.generations:]]
+            if job is not None:
+                job.report(group=groups[-1])
+        return {}
+
+    prompts = [format_prompt(tok, p.prompt) for p in preference_pairs("train")]
+    callback = JobCallback(job, GRPO_METRICS, extra=extra)
+    with tempfile.TemporaryDirectory(prefix="lab-grpo-") as out:
+        args = GRPOConfig(**trainer_args(out, cfg.steps, cfg.lr, cfg.generations, cfg.seed),
+                          num_generations=cfg.generations, max_completion_length=cfg.max_new_tokens,
+                          temperature=cfg.temperature, beta=0.0, steps_per_generation=1, num_iterations=1)
+        trainer = GRPOTrainer(model=policy, reward_funcs=as_trl(reward, on_call), args=args,
+                              train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                              processing_class=tok, callbacks=[callback])
+        state["trainer"] = trainer
+        if job is not None:
+            job.report(phase="training")
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+    callback.finish()
+    rows = callback.rows
+    quarter = max(1, len(rows) // 4)
+    after = greedy_answers(policy, tok, list(cfg.before_after), cfg.answer_tokens)
+    return GRPOResult(
+        rows=rows, reward_start=statistics.fmean(r["reward"] for r in rows[:quarter]),
+        reward_end=statistics.fmean(r["reward"] for r in rows[-quarter:]), seconds_per_step=seconds / max(1, len(rows)),
+        reward_name=reward.name, groups=groups, before=before, after=after,
+        before_rewards=[reward(t) for t in before], after_rewards=[reward(t) for t in after],
+        prompts=list(cfg.before_after))

@@ -1,0 +1,41 @@
+"""The float values behind a bitsandbytes-quantized weight, so statistics compare across precisions.
+
+A 4-bit NF4 weight (`Params4bit`) is stored as packed uint8 codes, two per byte, plus one absmax per block
+of 64 weights (its `quant_state`): w = absmax_block * NF4_code_value. An 8-bit LLM.int8() weight
+(`Int8Params`) is int8 codes CB plus one float32 scale per output row SCB: w = CB * SCB_row / 127.
+Both are turned back into float32 here; everything else passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def quantization_of(p: torch.Tensor) -> str | None:
+    """'nf4' / 'fp4' for a 4-bit parameter, 'int8' for an 8-bit one, None for a plain float tensor."""
+    state = getattr(p, "quant_state", None)
+    if state is not None:
+        return str(getattr(state, "quant_type", "4bit"))
+    if p.dtype == torch.int8 and getattr(p, "SCB", None) is not None:
+        return "int8"
+    return None
+
+
+@torch.no_grad()
+def float_values(p: torch.Tensor) -> torch.Tensor | None:
+    """The weights of `p` as floats in their logical shape: `p` itself when it already holds floats,
+    a float32 dequantized copy for a bitsandbytes 4-bit or 8-bit weight, None when there are no values
+    (the meta device)."""
+    if p.device.type == "meta" or p.numel() == 0:
+        return None
+    if p.is_floating_point() and getattr(p, "quant_state", None) is None:
+        return p.detach()
+    kind = quantization_of(p)
+    if kind is None:
+        return None
+    import bitsandbytes.functional as bnb_f
+
+    if kind == "int8":
+        scales = p.SCB.to(p.device)
+        return bnb_f.int8_vectorwise_dequant(p.data, scales).float()  # CB * SCB[:, None] / 127
+    return bnb_f.dequantize_4bit(p.data, p.quant_state).float()

@@ -1,0 +1,144 @@
+"""Cached wrappers and charts for the Evaluation page (the math lives in core/evaluate)."""
+
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core.evaluate import divergence, perplexity as ppl
+from core.evaluate import multiple_choice as mc
+from core.models.capture import token_display
+from core.models.loading import EMBEDDED, TINY_SOURCES, LoadedModel, ModelSpec
+from core.train.runs import saved_models
+
+# ---------------------------------------------------------------- cached computations (key = model spec)
+
+
+@st.cache_data(show_spinner="Scoring the text…", max_entries=32, ttl=3600)
+def perplexity_of(model_key: str, text: str, window: int, stride: int, _lm: LoadedModel) -> ppl.PerplexityResult:
+    return ppl.perplexity(_lm, text, window, stride)
+
+
+@st.cache_data(show_spinner=False, max_entries=8, ttl=3600)
+def mc_scores(model_key: str, _lm: LoadedModel) -> mc.MCResult:
+    return mc.score_items(_lm)
+
+
+@st.cache_data(show_spinner=False, max_entries=16, ttl=3600)
+def kl_between(p_key: str, q_key: str, text: str, _p: LoadedModel, _q: LoadedModel) -> divergence.KLResult:
+    return divergence.kl_on_text(_p, _q, text)
+
+
+# ---------------------------------------------------------------- which models can be compared
+
+
+def kl_partners(spec: ModelSpec) -> dict[str, ModelSpec]:
+    """Models that read the same ids as `spec`, by label: the same weights at lower precision, the tiny
+    models and the embedded one (they share SmolLM2's tokenizer), and the training lab's saved runs
+    (their tokenizer is checked when compared)."""
+    out: list[ModelSpec] = []
+    if spec.source not in TINY_SOURCES:
+        out += [ModelSpec(spec.source, "bfloat16", spec.device), ModelSpec(spec.source, "float32", spec.device),
+                ModelSpec(spec.source, "float32", spec.device, "8bit"),
+                ModelSpec(spec.source, "float32", spec.device, "4bit")]
+    else:
+        out.append(ModelSpec(spec.source, "bfloat16", spec.device))
+    out += [ModelSpec(s) for s in (EMBEDDED, *TINY_SOURCES)]
+    out += [ModelSpec(str(m.path)) for m in saved_models()]
+    return {s.label: s for s in out if s != spec}
+
+
+def other_cli(spec: ModelSpec | None) -> str:
+    """The `--other ...` arguments of `python -m core kl` for Q."""
+    if spec is None:
+        return "--other tiny-llama"
+    parts = [f"--other {spec.source}", f"--other-dtype {spec.dtype}"]
+    if spec.quantization != "none":
+        parts.append(f"--other-quantization {spec.quantization}")
+    return " ".join(parts)
+
+
+def partner_label(label: str, specs: dict[str, ModelSpec]) -> str:
+    runs = {str(m.path): m.label for m in saved_models()}
+    return runs.get(specs[label].source, label) if label in specs else label
+
+
+# ---------------------------------------------------------------- charts
+
+
+def windows_chart(result: ppl.PerplexityResult) -> alt.Chart:
+    """One row per forward pass: the tokens it reads (light) and the tokens it scores (dark)."""
+    rows = []
+    for k, w in enumerate(result.windows):
+        rows.append({"window": k + 1, "from": w.start - 0.5, "to": w.end - 0.5, "part": "context only",
+                     "tokens": f"{w.start}–{w.end - 1}"})
+        rows.append({"window": k + 1, "from": w.score_start - 0.5, "to": w.end - 0.5, "part": "scored",
+                     "tokens": f"{w.score_start}–{w.end - 1}"})
+    df = pd.DataFrame(rows)
+    height = min(360, 18 * len(result.windows) + 40)
+    return alt.Chart(df).mark_bar(height={"band": 0.7}).encode(
+        x=alt.X("from:Q", title="token position", scale=alt.Scale(domain=[-0.5, len(result.ids) - 0.5], nice=False)),
+        x2="to:Q",
+        y=alt.Y("window:O", title="forward pass"),
+        color=alt.Color("part:N", scale=alt.Scale(domain=["context only", "scored"], range=["#c6dbef", "#2171b5"]),
+                        legend=alt.Legend(orient="top", title=None)),
+        tooltip=["window:O", "part:N", "tokens:N"],
+    ).properties(height=height)
+
+
+def nll_chart(result: ppl.PerplexityResult) -> alt.Chart:
+    nll = result.token_nll.tolist()
+    df = pd.DataFrame({
+        "position": range(len(result.ids)),
+        "token": [token_display(t) for t in result.tokens],
+        "nll": [None if math.isnan(x) else x for x in nll],
+        "p": [None if math.isnan(x) else math.exp(-x) for x in nll],
+        "context": result.context.tolist(),
+    }).dropna()
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("position:Q", title="token position", scale=alt.Scale(domain=[-0.5, len(result.ids) - 0.5], nice=False)),
+        y=alt.Y("nll:Q", title="−log p (nats)"),
+        color=alt.Color("context:Q", title="context tokens", scale=alt.Scale(scheme="viridis")),
+        tooltip=["position:Q", "token:N", alt.Tooltip("nll:Q", format=".3f", title="−log p"),
+                 alt.Tooltip("p:Q", format=".4f", title="p(token)"), "context:Q"],
+    ).properties(height=220)
+
+
+def kl_chart(result: divergence.KLResult, q_tokens: list[str], p_tokens: list[str]) -> alt.Chart:
+    df = pd.DataFrame({
+        "position": range(len(result.ids)),
+        "token": [token_display(t) for t in result.tokens],
+        "kl": result.per_position.tolist(),
+        "P's top-1 next": [token_display(t) for t in p_tokens],
+        "Q's top-1 next": [token_display(t) for t in q_tokens],
+        "agree": ["yes" if a == b else "no" for a, b in zip(result.top1_p, result.top1_q)],
+    })
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("position:Q", title="position (the next token is predicted here)"),
+        y=alt.Y("kl:Q", title="KL(P‖Q) nats"),
+        color=alt.Color("agree:N", title="same top-1", scale=alt.Scale(domain=["yes", "no"],
+                                                                       range=["#4c78a8", "#e45756"])),
+        tooltip=["position:Q", "token:N", alt.Tooltip("kl:Q", format=".5f"), "P's top-1 next:N",
+                 "Q's top-1 next:N"],
+    ).properties(height=220)
+
+
+def mc_table(result: mc.MCResult) -> pd.DataFrame:
+    letters = "ABCDEFGH"
+    return pd.DataFrame([{
+        "context": s.item.context,
+        "correct": f"{letters[s.item.label]}. {s.item.endings[s.item.label]}",
+        "pick (sum)": letters[s.pick_summed] + (" ✓" if s.pick_summed == s.item.label else " ✗"),
+        "pick (per token)": letters[s.pick_normalised] + (" ✓" if s.pick_normalised == s.item.label else " ✗"),
+        **{f"{letters[j]} sum": round(v, 2) for j, v in enumerate(s.summed)},
+        **{f"{letters[j]} /tok": round(v, 3) for j, v in enumerate(s.normalised)},
+    } for s in result.scores])
+
+
+def mc_item_table(score: mc.ItemScore) -> pd.DataFrame:
+    return pd.DataFrame({"ending": score.item.endings, "tokens": score.n_tokens,
+                         "log-likelihood (sum)": score.summed, "per token": score.normalised,
+                         "correct": ["✓" if j == score.item.label else "" for j in range(len(score.summed))]})

@@ -1,0 +1,113 @@
+"""Streamlit side of fine-tuning: cached previews, the job start, the loss chart and the before/after table.
+The math lives in core/train/finetune*.py."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core.jobs import Job, JobSnapshot
+from core.models.loading import LoadedModel
+from core.train import finetune_data as fd
+from core.train import finetune_store as store
+from core.train.finetune import FinetuneConfig, finetune, preview
+from ui.jobs import start_job
+
+JOB_PARAM = "finetune"  # the URL key holding the run's job id
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _preview(model_key: str, cfg_items: tuple, _config: Any) -> dict[str, Any]:
+    return preview(_config, FinetuneConfig(**dict(cfg_items)))
+
+
+def trainable_preview(lm: LoadedModel, cfg: FinetuneConfig) -> dict[str, Any] | None:
+    """Trainable / total counts for `cfg` (a meta-device model, no weights); None after showing why not."""
+    try:
+        return _preview(lm.spec.key, tuple(sorted(asdict(cfg).items())), lm.config)
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+
+
+@st.cache_data(show_spinner=False)
+def instructions() -> list[fd.Example]:
+    return fd.load_instructions()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _example_tokens(model_key: str, example: fd.Example, _lm: LoadedModel) -> tuple[list[str], list[int]]:
+    with _lm.tokenizer_lock:
+        enc = fd.encode_example(_lm.tokenizer, example, 256)
+    return _lm.token_strings(enc.input_ids), enc.labels
+
+
+def example_tokens(lm: LoadedModel, example: fd.Example) -> tuple[list[str], list[int]]:
+    """The example's tokens as text and its labels (-100 on the prompt)."""
+    return _example_tokens(lm.spec.key, example, lm)
+
+
+def examples_frame(examples: list[fd.Example]) -> pd.DataFrame:
+    return pd.DataFrame([{"split": e.split, "prompt": e.prompt, "response": e.response} for e in examples])
+
+
+def start(lm: LoadedModel, cfg: FinetuneConfig, run_name: str, extra_prompts: tuple[str, ...],
+          resume: bool) -> Job | None:
+    """Check the run folder, then start the job (its id goes into the URL); a message and None on refusal."""
+    try:
+        run_dir = store.run_dir_for(run_name)
+        if not resume and (run_dir / "config.json").exists():
+            raise ValueError(f"A run named {run_name!r} already exists: choose another name or resume it.")
+        examples = instructions()
+        fd.split_examples(examples)
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+    return start_job(JOB_PARAM, "finetune",
+                     lambda job: finetune(job, lm, cfg, run_dir, examples, extra_prompts, resume=resume),
+                     title=f"Fine-tuning {lm.name} ({cfg.mode})", total_steps=cfg.steps,
+                     controls={"lr": cfg.learning_rate})
+
+
+@st.cache_data(show_spinner=False, ttl=5)
+def resumable_runs(source: str) -> list[dict[str, Any]]:
+    return [r for r in store.finetune_runs(base=source)]
+
+
+# ---------------------------------------------------------------- the live panel
+
+
+def loss_chart(metrics: tuple[dict[str, Any], ...]) -> alt.Chart | None:
+    """Training loss per step (line) and held-out loss (points and line), both on response tokens only."""
+    rows = [{"step": m["step"], "loss": m[k], "curve": label} for m in metrics
+            for k, label in (("loss", "training batch"), ("val_loss", "held-out prompts"))
+            if m.get(k) is not None]
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    base = alt.Chart(df).encode(
+        x=alt.X("step:Q", title="optimizer step"),
+        y=alt.Y("loss:Q", title="cross-entropy on response tokens (nats)", scale=alt.Scale(zero=False)),
+        color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="top")),
+        tooltip=["step", alt.Tooltip("loss:Q", format=".4f"), "curve"])
+    return (base.mark_line() + base.mark_point(filled=True, size=30)).properties(height=280)
+
+
+def answers_frame(snap: JobSnapshot) -> pd.DataFrame | None:
+    before, after = snap.info.get("before"), snap.info.get("after") or {}
+    if not before:
+        return None
+    pending = "… (after the run)" if snap.active else "—"
+    return pd.DataFrame([{"prompt": p, "before": b or "(empty)", "after": after.get(p, pending) or "(empty)"}
+                         for p, b in before.items()])
+
+
+def last(metrics: tuple[dict[str, Any], ...], key: str) -> float | None:
+    for m in reversed(metrics):
+        if m.get(key) is not None:
+            return m[key]
+    return None

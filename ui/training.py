@@ -1,0 +1,180 @@
+"""Streamlit helpers of the pre-training page: starting runs and lessons as jobs, the live charts.
+
+The page stays a thin story; everything that touches a job or draws a curve from its rows lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core.jobs import JobSnapshot
+from core.train.config import TrainConfig
+from core.train.export import export_reason
+from core.train.lessons import LESSONS, run_lesson
+from core.train.model import GPT
+from core.train.pretrain import estimate_step_bytes, prepare_data, read_run_config, train
+from core.train.runs import enforce_cap, run_path, runs_cap_bytes
+from core.units import format_bytes, format_duration
+from ui.jobs import owner_id, start_job
+
+TRAIN_PARAM = "train"
+LESSON_PARAM = "lesson"
+MAX_POINTS = 600  # a curve is thinned to this many points per series (the page redraws it every second)
+
+
+def parameter_count(config: TrainConfig, vocab_size: int) -> int:
+    """Parameters of the model this config builds (on the meta device: no memory, no time)."""
+    import torch
+
+    with torch.device("meta"):
+        return GPT(config.model_config(vocab_size)).num_parameters()
+
+
+def check_config(config: TrainConfig) -> tuple[int, int] | None:
+    """(vocab size, parameters) after validating against the data, or None after showing why not."""
+    try:
+        data = prepare_data(config)
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+    return data.vocab_size, parameter_count(config, data.vocab_size)
+
+
+def start_pretraining(config: TrainConfig, name: str, resume: bool = False):
+    """Validate, make room under the runs-folder cap, start the job; None after showing why not."""
+    try:
+        run = run_path(name)
+        if resume:
+            saved = read_run_config(run)
+            saved.max_iters = config.max_iters
+            config = saved
+        prepare_data(config)
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+    if not resume and run.exists():
+        st.error(f"A run named {name!r} exists already: resume it below, or choose another name.")
+        return None
+    owner = owner_id()
+    removed = enforce_cap(runs_cap_bytes(), owner=owner, keep=run)
+    if removed:
+        st.info(f"The runs folder was over its {format_bytes(runs_cap_bytes())} cap: removed the oldest finished "
+                f"run(s) {', '.join(p.name for p in removed)}.")
+
+    def work(job):
+        return train(config, run, job, resume=resume, owner=owner)
+
+    return start_job(TRAIN_PARAM, "pretrain", work, title=f"pre-training {name}", total_steps=config.max_iters)
+
+
+def start_lesson(key: str):
+    lesson = LESSONS[key]
+    total = lesson.configs[0].max_iters
+    return start_job(LESSON_PARAM, "lesson", lambda job: run_lesson(key, job), title=f"lesson: {lesson.title}",
+                     total_steps=total)
+
+
+def config_notes(config: TrainConfig, vocab_size: int) -> list[str]:
+    notes = []
+    reason = export_reason(config)
+    notes.append("Exported to the model picker as a Hugging Face model after each checkpoint." if reason is None
+                 else reason)
+    notes.append(f"About {format_bytes(estimate_step_bytes(config, vocab_size))} of activations per micro-batch.")
+    return notes
+
+
+# ---------------------------------------------------------------- live panel pieces
+
+
+def _thin(df: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
+    if by is None:
+        step = max(1, len(df) // MAX_POINTS)
+        return df.iloc[::step]
+    return pd.concat([_thin(g) for _, g in df.groupby(by, sort=False)]) if len(df) else df
+
+
+def loss_chart(rows: tuple[dict[str, Any], ...], color: str | None = None) -> alt.Chart | None:
+    """Train loss per step (line) and val loss at each evaluation (points), optionally one colour per run."""
+    if not rows:
+        return None
+    df = pd.DataFrame(list(rows))
+    train_df = _thin(df.dropna(subset=["train_loss"]), color).assign(split="train")
+    val_df = df.dropna(subset=["val_loss"]).assign(split="val")
+    enc_color = alt.Color(f"{color}:N", title=None) if color else alt.Color("split:N", title=None)
+    base_x = alt.X("step:Q", title="step")
+    line = alt.Chart(train_df).mark_line(opacity=0.55).encode(
+        base_x, alt.Y("train_loss:Q", title="loss (nats/token)", scale=alt.Scale(zero=False)), enc_color,
+        tooltip=["step", alt.Tooltip("train_loss:Q", format=".4f")] + ([color] if color else []))
+    layers = [line]
+    if len(val_df):
+        points = alt.Chart(val_df).mark_line(point=True, strokeDash=[4, 2]).encode(
+            base_x, alt.Y("val_loss:Q"), enc_color,
+            tooltip=["step", alt.Tooltip("val_loss:Q", format=".4f")] + ([color] if color else []))
+        layers.append(points)
+    return alt.layer(*layers).properties(height=300)
+
+
+def lr_chart(rows: tuple[dict[str, Any], ...]) -> alt.Chart | None:
+    if not rows:
+        return None
+    df = _thin(pd.DataFrame(list(rows))[["step", "lr", "grad_norm"]].dropna())
+    long = df.melt("step", var_name="series", value_name="value")
+    return alt.Chart(long).mark_line().encode(
+        alt.X("step:Q"), alt.Y("value:Q", title=None), alt.Color("series:N", title=None),
+        alt.Row("series:N", title=None)).resolve_scale(y="independent").properties(height=90)
+
+
+def metric_strip(snap: JobSnapshot) -> None:
+    rows = snap.metrics
+    last = rows[-1] if rows else {}
+    val = next((r["val_loss"] for r in reversed(rows) if r.get("val_loss") is not None), None)
+    c = st.columns(6)
+    c[0].metric("train loss", f"{last['train_loss']:.3f}" if last else "–")
+    c[1].metric("val loss", f"{val:.3f}" if val is not None else "–",
+                help="mean cross-entropy over eval_iters batches of the held-out split")
+    c[2].metric("val perplexity", f"{math.exp(val):.2f}" if val is not None and val < 50 else "–",
+                help="exp(val loss): the model is as unsure as a uniform choice among this many tokens")
+    c[3].metric("learning rate", f"{last['lr']:.2e}" if last else "–")
+    c[4].metric("grad norm", f"{last['grad_norm']:.3f}" if last else "–", help="before clipping")
+    c[5].metric("tokens/s", f"{snap.info.get('tokens_per_s_mean', 0):,.0f}", help="mean since the start")
+    params = snap.info.get("parameters")
+    mem = snap.info.get("memory_bytes")
+    st.caption(" · ".join(x for x in (
+        f"{params:,} parameters" if isinstance(params, int) else "",
+        f"the run holds {format_bytes(mem)} in tensors (weights, gradients, AdamW moments, token ids)" if mem else "",
+        f"{snap.info.get('processes', 1)} process(es) on {snap.info.get('device', '?')}",
+        f"elapsed {format_duration(last['elapsed_s'])} of training" if last.get("elapsed_s") else "") if x))
+
+
+def draw_training(snap: JobSnapshot) -> None:
+    metric_strip(snap)
+    chart = loss_chart(snap.metrics)
+    if chart is not None:
+        st.altair_chart(chart, width="stretch")
+    if snap.info.get("sample"):
+        st.markdown(f"**Sample at step {snap.info.get('sample_step')}** (temperature 0.8, top-k 200)")
+        st.code(snap.info["sample"], language=None)
+    if snap.info.get("checkpoint"):
+        st.caption(f"Last checkpoint: `{Path(snap.info['checkpoint']).relative_to(Path(snap.info['run_dir']).parent)}`")
+
+
+def draw_lesson(snap: JobSnapshot) -> None:
+    chart = loss_chart(snap.metrics, color="run")
+    if chart is not None:
+        st.altair_chart(chart, width="stretch")
+    else:
+        st.caption("Building the two models…")
+    for label, why in (snap.info.get("diverged") or {}).items():
+        st.warning(f"**{label}** diverged at {why}")
+    finals = {}
+    for r in snap.metrics:
+        if r.get("val_loss") is not None:
+            finals[r["run"]] = (r["step"], r["val_loss"])
+    if finals:
+        st.caption(" · ".join(f"{k}: val loss {v:.3f} at step {s}" for k, (s, v) in finals.items()))
