@@ -80,7 +80,9 @@ if job is None:
                                                       key="ft_alpha", help="the update B·A is scaled by alpha / r"))
         extra["lora_dropout"] = float(c[2].number_input("Dropout", min_value=0.0, max_value=0.9, value=0.05,
                                                         key="ft_dropout"))
-        extra["lora_targets"] = c[3].selectbox("Target modules", list(core_ft.LORA_TARGETS), key="ft_targets",
+        targets = list(core_ft.LORA_TARGETS)
+        extra["lora_targets"] = c[3].selectbox("Target modules", targets, key=f"ft_targets_{lm.spec.key}",
+                                               index=targets.index(ui_ft.default_targets(lm)),
                                                help="\n".join(f"- **{k}**: {v}" for k, v in core_ft.LORA_TARGETS.items()))
         st.caption("LoRA keeps every weight W fixed and learns a low-rank update beside chosen matrices: "
                    "h = W·x + (alpha / r)·B·A·x with A of shape [r, d_in] and B of shape [d_out, r]. B starts "
@@ -122,7 +124,9 @@ if job is None:
                                  key="ft_resume", help="Runs of this model with a checkpoint; the run continues "
                                                        "from its last checkpoint with its own settings.")
     resume = resume_from != "(new run)"
-    run_name = c[0].text_input("Run name", value=store.default_run_name(lm.spec.source, mode), key=f"ft_name_{mode}",
+    name_key = f"ft_name_{mode}_{lm.spec.key}"  # a fixed default per model and mode, so typing is not reset
+    st.session_state.setdefault(name_key, store.default_run_name(lm.spec.source, mode))
+    run_name = c[0].text_input("Run name", key=name_key,
                                disabled=resume, help="A folder under the runs folder; letters, digits, - _ .")
     prompt = st.text_input("Your own prompt, answered before and after (optional)", key="ft_prompt", max_chars=300)
     if resume:
@@ -193,5 +197,7 @@ if not snap.active:
                    + ". It is listed in the sidebar's model picker: open it on any page to dissect it.")
     if st.button("Start another run", key="ft_again"):
         forget_job(ui_ft.JOB_PARAM)
+        for key in [k for k in st.session_state if str(k).startswith("ft_name_")]:
+            del st.session_state[key]  # a fresh default name for the next run
         st.rerun()
 explain(core_ft.FinetuneConfig(**snap.info["config"]) if snap.info.get("config") else None)

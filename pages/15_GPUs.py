@@ -26,8 +26,8 @@ st.markdown(
 st.subheader("Accelerators across generations")
 frame = ui.gpu_frame()
 machine = st.session_state.get(ui.MEASURE_KEY)
-st.dataframe(ui.table_with_machine(frame, machine).rename(columns=ui.COLUMN_LABELS), hide_index=True,
-             width="stretch")
+st.dataframe(ui.styled_table(ui.table_with_machine(frame, machine).rename(columns=ui.COLUMN_LABELS)),
+             hide_index=True, width="stretch")
 st.caption("Dense tensor-core figures (NVIDIA's headline numbers are often *with sparsity*, twice these). "
            "T4 and V100 have no BF16: their FP16 tensor figure is shown and used. GB = 10⁹ bytes as on "
            "datasheets. The last row appears once this machine is measured below.")
@@ -35,12 +35,14 @@ with st.expander("Sources and notes per row"):
     st.dataframe(frame[["name", "notes", "source"]], hide_index=True, width="stretch")
 
 st.altair_chart(ui.growth_chart(ui.growth_frame(frame)), width="content")
-first, last = frame.iloc[0], frame.iloc[-1]
+flagships = frame[frame["class"] == "training"]
+first, last = flagships.iloc[0], flagships.iloc[-1]
 ratio = lambda col: last[col] / first[col]  # noqa: E731
-st.caption(f"Log scales. From {first['name']} ({first['year']}) to {last['name']} ({last['year']}): memory ×"
-           f"{ratio('memory_gb'):.0f}, bandwidth ×{ratio('bandwidth_gbs'):.0f}, 16-bit tensor FLOPs ×"
-           f"{last['bf16_tflops'] / first['fp16_tflops']:.0f}. Compute grew faster than bandwidth, so the "
-           "FLOPs a kernel must do per byte it reads to keep the chip busy (the ridge point) keeps rising.")
+st.caption(f"Log scales; blue: training flagships (SXM), red: low-power inference cards. From {first['name']} "
+           f"({first['year']}) to {last['name']} ({last['year']}): memory ×{ratio('memory_gb'):.1f}, bandwidth ×"
+           f"{ratio('bandwidth_gbs'):.1f}, 16-bit tensor FLOPs ×{last['bf16_tflops'] / first['fp16_tflops']:.0f}. "
+           "Compute grew faster than bandwidth, so the FLOPs a kernel must do per byte it reads to keep the chip "
+           "busy (the ridge point) keeps rising.")
 
 # ---------------------------------------------------------------- this machine
 st.subheader("This machine, measured")

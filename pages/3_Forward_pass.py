@@ -39,7 +39,7 @@ def controls(lm: LoadedModel, cap: Capture, a: sw.Anatomy, text: str, checks: Ch
         layer = index_slider("Layer", a.n_layers, "fp_layer",
                              "Every layer step below is recomputed from this layer's weights.")
         head = index_slider("Head", a.n_heads, "fp_head", "The head followed in the RoPE details.")
-        n_dims = st.slider("Dimensions shown", 1, min(a.hidden_size, 1024), min(8, a.hidden_size), key="fp_dims",
+        n_dims = state.keep(st.slider, "Dimensions shown", 1, min(a.hidden_size, 1024), min(8, a.hidden_size), key="fp_dims",
                            help="How many of the first dimensions of each vector to list.")
     return View(lm, cap, a, text, pos, layer, head, n_dims, fw.layer_steps(lm, cap, layer), checks)
 

@@ -26,10 +26,10 @@ st.title("🔭 Logit lens")
 lm = model_picker()
 
 
-def explain(text: str = DEFAULT_TEXT) -> None:
+def explain(text: str = DEFAULT_TEXT, track: str = "final") -> None:
     quoted = shlex.quote(text) if len(text) <= 200 else "'YOUR TEXT'"
     how_computed(core_lens.logit_lens, core_lens.lens_logits, core_lens.residual_stream, core_lens.final_norm_name,
-                 command=f"python -m core lens {lm.spec.cli()} --text {quoted}",
+                 command=f"python -m core lens {lm.spec.cli()} --text {quoted} --track {track}",
                  note="The residual stream before the final norm is read from the model's own forward pass "
                       "(the hidden state after each block; after the last block, the input of the final norm, "
                       "captured by a hook: the same capture the Forward pass page uses). The model's own final "
@@ -110,4 +110,4 @@ else:
     one_position(lm, cap, targets, choices)
 
 state.share_link()
-explain(text)
+explain(text, track)

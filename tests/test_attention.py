@@ -245,3 +245,18 @@ def test_page_emoji_and_cjk():
     assert not at.info and not at.warning
     assert any("fragments of a multi-byte character" in c.value for c in at.caption)  # why tokens show �
     assert at.get("vega_lite_chart")
+
+
+def test_page_runs_the_command_it_shows():
+    """The command under "How this was computed" exits 0 and gives the statistics the page shows."""
+    from shown_command import run_shown_command
+
+    at = run_page("pages/5_Attention.py", "tiny-llama", attn_layer=1, attn_head=2)
+    assert_clean(at)
+    command = next(c.value for c in at.code if c.value.startswith("python -m core attention"))
+    assert "--layer 1 --head 2" in command
+    out = run_shown_command(command)
+    shown = _metrics(at)
+    assert shown["Entropy (nats)"] == f"{out['statistics']['entropy']:.3f}"
+    assert shown["To first token"] == f"{out['statistics']['sink']:.3f}"
+    assert shown["Mean distance"] == f"{out['statistics']['distance']:.1f} tokens"

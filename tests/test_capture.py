@@ -63,10 +63,14 @@ def test_context_length_caps_tokens(load):
     assert len(cap.ids) == 256
 
 
+@pytest.mark.embedded
 def test_emoji_and_cjk(embedded):
     cap = run_forward(embedded, "I love 🍕 and 日本語!")
     assert embedded.decode(cap.ids) == "I love 🍕 and 日本語!"
-    assert len(cap.labels) == len(set(cap.labels))  # unique axis labels even for repeated byte tokens
+    # repeated byte fragments (each decodes to �) would merge on a chart axis: the labels tell them apart
+    assert len(set(cap.tokens)) < len(cap.tokens)
+    assert cap.labels == [f"{i}·{token_display(t)}" for i, t in enumerate(cap.tokens)]
+    assert len(set(cap.labels)) == len(cap.labels)
     fragments = sum("\ufffd" in t for t in cap.tokens)
     assert fragments >= 2 and cap.byte_fragment_notice.startswith(f"{fragments} of the {cap.seq_len} tokens")
     assert run_forward(embedded, "I love pizza").byte_fragment_notice is None

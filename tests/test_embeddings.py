@@ -29,6 +29,7 @@ def test_row_norms_and_cosine_match_torch(tiny):
     assert torch.allclose(sims, expected, atol=1e-5)
 
 
+@pytest.mark.embedded
 def test_neighbours_start_with_the_token_itself(embedded):
     tid = embedded.encode(" king")[0]
     near = emb.nearest_neighbours(embedded, tid, 10)
@@ -50,6 +51,7 @@ def test_token_vector_is_the_row(tiny):
         emb.token_vector(tiny, W.shape[0])
 
 
+@pytest.mark.embedded
 def test_pca_matches_numpy_svd(embedded):
     ids = [embedded.encode(" " + w)[0] for w in ("king", "queen", "man", "woman", "cat", "dog", "one", "two")]
     X = torch.stack([emb.token_vector(embedded, i) for i in ids])
@@ -101,7 +103,8 @@ def test_learned_position_similarity_gpt2(load):
         emb.learned_position_similarity(load("tiny-llama"), 4)
 
 
-@pytest.mark.parametrize("source,theta", [("tiny-llama", 10_000.0), ("tiny-qwen2", 10_000.0), ("embedded", 100_000.0)])
+@pytest.mark.parametrize("source,theta", [("tiny-llama", 10_000.0), ("tiny-qwen2", 10_000.0),
+                                          pytest.param("embedded", 100_000.0, marks=pytest.mark.embedded)])
 def test_rope_formula_matches_the_models_rotary_emb(load, source, theta):
     lm = load(source)
     assert emb.rope_theta(lm.config) == theta
@@ -132,6 +135,7 @@ def test_rotate_pair_matches_apply_rotary_pos_emb(load):
     assert torch.allclose(q_rot[0, 0, :, i + d // 2].double(), ours[:, 1], atol=1e-6)
 
 
+@pytest.mark.embedded
 def test_rope_relative_score_depends_on_distance_only(load):
     inv = emb.model_inv_freq(load("embedded"))
     score = emb.rope_relative_score(inv, 100)

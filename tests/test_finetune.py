@@ -4,6 +4,7 @@ resume, the untouched shared model, bad input, the CLI and the page."""
 from __future__ import annotations
 
 import copy
+import csv
 import json
 from dataclasses import asdict, replace
 
@@ -195,8 +196,11 @@ def test_full_run_resumes_where_it_stopped(load, tmp_path):
     _, straight = run(lm, cfg, tmp_path / "straight")
     _, first = run(lm, replace(cfg, steps=2), tmp_path / "split")
     job, resumed = run(lm, cfg, tmp_path / "split", resume=True)
-    losses = lambda d: [r["loss"] for r in  # noqa: E731
-                        __import__("csv").DictReader((tmp_path / d / "metrics.csv").open()) if r["loss"]]
+
+    def losses(run_name: str) -> list[float]:
+        with (tmp_path / run_name / "metrics.csv").open() as f:
+            return [float(r["loss"]) for r in csv.DictReader(f) if r["loss"]]
+
     assert [m["step"] for m in job.snapshot().metrics] == [0, 1, 2, 3, 4]
     assert first.steps == 2 and resumed.steps == 4
     assert losses("split") == pytest.approx(losses("straight"), rel=1e-5)

@@ -32,7 +32,7 @@ def small_llama(tied: bool) -> LlamaConfig:
 
 def test_table_rows_and_datasheet_figures():
     names = [a.name for a in accelerators()]
-    assert names == ["T4", "V100", "A100 40GB", "A100 80GB", "L4", "H100 SXM", "H200", "B200"]
+    assert names == ["V100", "T4", "A100 40GB", "A100 80GB", "H100 SXM", "L4", "H200", "B200"]
     h100 = find_gpu("H100 SXM")
     assert (h100.memory_gb, h100.bandwidth_gbs, h100.bf16_tflops, h100.fp8_tflops, h100.tdp_w) == (80, 3350, 989, 1979, 700)
     t4 = find_gpu("t4")
@@ -49,7 +49,7 @@ def test_find_gpu_loose_match(query, name):
 
 
 def test_find_gpu_errors_list_known_names():
-    with pytest.raises(ValueError, match="known: T4, V100"):
+    with pytest.raises(ValueError, match="known: V100, T4, A100 40GB"):
         find_gpu("RTX 4090")
     with pytest.raises(ValueError, match="H100 SXM, H200"):
         find_gpu("H")  # ambiguous prefix
@@ -309,8 +309,8 @@ def test_quantization_page_runs_the_lab_as_a_job():
     at.multiselect(key="quant_variants").set_value(["fp32", "bf16"]).run()
     at.button(key="quant_start").click().run()
     assert_clean(at)
-    job = REGISTRY.get(at.query_params["quant"][0] if isinstance(at.query_params["quant"], list)
-                       else at.query_params["quant"])
+    job = REGISTRY.get(at.query_params["quantlab"][0] if isinstance(at.query_params["quantlab"], list)
+                       else at.query_params["quantlab"])
     snap = job.wait(300)
     assert snap.status == "finished", snap.message
     assert [row["variant"] for row in snap.metrics] == ["fp32", "bf16"]

@@ -159,3 +159,36 @@ def test_page_one_token_and_emoji():
     at.text_area(key="lens_text").set_value("😀🎉 你好世界").run()
     assert_clean(at)
     assert not math.isnan(float(at.metric[2].value.split("=")[1]))
+
+
+def test_page_runs_the_command_it_shows():
+    """The command under "How this was computed" exits 0 with the layers, parity and tracked token shown."""
+    from shown_command import run_shown_command
+
+    at = run_page("pages/7_Logit_lens.py", "tiny-llama")
+    assert_clean(at)
+    command = next(c.value for c in at.code if c.value.startswith("python -m core lens"))
+    out = run_shown_command(command)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Layers read"] == str(len(out["layers"]))
+    assert metrics["Final norm applied"] == out["final_norm"].split(".")[-1]
+    assert metrics["Last layer vs the model's logits"] == f"max |Δ| = {out['last_layer_max_abs_diff_vs_logits']:.1e}"
+    from core.models.capture import token_display
+
+    tracked = next(m.value for m in at.markdown if m.value.startswith("Tracked token at"))
+    assert token_display(out["tracked_tokens"][-1]) in tracked
+
+
+def test_page_position_follows_a_shorter_text():
+    """Issue 9: the Position box kept a position of an earlier, longer text while the page tracked another."""
+    long_text = "word " * 40
+    at = run_page("pages/7_Logit_lens.py", "tiny-llama", lens_text=long_text)
+    assert_clean(at)
+    box = at.selectbox(key="lens_position")
+    box.set_value(max(box.options and range(len(box.options)))).run()
+    at.text_area(key="lens_text").set_value("The cat sat").run()
+    assert_clean(at)
+    box = at.selectbox(key="lens_position")
+    n = len(box.options)
+    assert at.session_state["lens_position"] == n - 1  # the new text's last position, set for the browser too
+    assert box.value == n - 1

@@ -57,5 +57,6 @@ def test_classify_names():
     assert layer_of("model.norm.weight") is None
 
 
+@pytest.mark.embedded
 def test_loaded_embedded_matches_config_count(embedded):
     assert count_parameters(embedded.model)["total"] == PUBLISHED["HuggingFaceTB/SmolLM2-135M-Instruct"]

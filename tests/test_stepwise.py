@@ -332,3 +332,34 @@ def test_parity_on_other_families(model_type, fields):
     if model_type == "mistral":
         mask = sw.layer_by_hand(lm, 0, cap.hidden_states[0]).mask
         assert torch.isinf(mask[10, 5]) and mask[10, 6] == 0 and torch.isinf(mask[10, 11])
+
+
+def test_page_runs_the_command_it_shows():
+    """The command under "How this was computed" exits 0 with the top-k and parity figures the page shows."""
+    from shown_command import run_shown_command
+
+    at = run_page(PAGE, "tiny-llama")
+    assert_clean(at)
+    command = next(c.value for c in at.code if c.value.startswith("python -m core forward"))
+    out = run_shown_command(command)
+    top = next(df.value for df in at.dataframe if "hand prob" in df.value.columns)
+    assert top["id"].tolist() == [r["id"] for r in out["top_k"]]
+    assert top["prob"].tolist() == pytest.approx([r["prob"] for r in out["top_k"]], abs=1e-6)
+    assert f"worst max |Δ| = **{out['parity']['worst']:.2e}**" in at.success[0].value
+
+
+def test_page_in_bfloat16_states_the_relative_error_and_where():
+    """Issue 9: "differs by up to 1.27e+02, which is bfloat16 rounding" puzzled students."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from ui.models import SPEC_KEY
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / PAGE), default_timeout=180)
+    at.session_state[SPEC_KEY] = ModelSpec("tiny-llama", dtype="bfloat16")
+    at.run()
+    assert_clean(at)
+    banner = next(i.value for i in at.info if "runs in bfloat16" in i.value)
+    assert "float32 reference" in banner and "‖Δ‖ / ‖model‖" in banner and "largest at **" in banner
+    assert "%" in banner.split("differ from it by", 1)[1].split("at most", 1)[0]

@@ -14,7 +14,7 @@ from core.jobs import Job, JobSnapshot
 from core.models.loading import LoadedModel
 from core.train import finetune_data as fd
 from core.train import finetune_store as store
-from core.train.finetune import FinetuneConfig, finetune, preview
+from core.train.finetune import FinetuneConfig, default_lora_targets, finetune, preview
 from ui.jobs import start_job
 
 JOB_PARAM = "finetune"  # the URL key holding the run's job id
@@ -32,6 +32,15 @@ def trainable_preview(lm: LoadedModel, cfg: FinetuneConfig) -> dict[str, Any] | 
     except ValueError as exc:
         st.error(str(exc))
         return None
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _default_targets(model_key: str, _config: Any) -> str:
+    return default_lora_targets(_config)
+
+
+def default_targets(lm: LoadedModel) -> str:
+    return _default_targets(lm.spec.key, lm.config)
 
 
 @st.cache_data(show_spinner=False)

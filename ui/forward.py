@@ -16,6 +16,7 @@ from core.inspect import lens as core_lens
 from core.inspect import stepwise as sw
 from core.models.capture import MAX_TOKENS, Capture, greedy_continuation
 from core.models.loading import LoadedModel
+from ui import state
 from ui.models import forward
 
 _SILU = r"\mathrm{SiLU}(z) = z\,\sigma(z) = \frac{z}{1 + e^{-z}}"
@@ -168,7 +169,7 @@ def index_slider(label: str, count: int, key: str, help: str) -> int:
     if count < 2:
         st.caption(f"{label}: 0 (the only one)")
         return 0
-    return st.slider(label, 0, count - 1, 0, key=key, help=help)
+    return state.keep(st.slider, label, 0, count - 1, 0, key=key, help=help)
 
 
 MAX_KEYS_SHOWN = 48

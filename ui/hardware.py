@@ -25,17 +25,25 @@ def table_with_machine(frame: pd.DataFrame, m: Measurement | None) -> pd.DataFra
     """The datasheet rows plus, once measured, this machine (fp32 matmul: a CPU has no tensor cores)."""
     shown = frame.drop(columns=["notes", "source"]).copy()
     if m is not None:
-        row = {"name": f"this machine (measured, {m.device})", "year": None, "memory_gb": None,
+        row = {"name": f"this machine (measured, {m.device})", "year": None, "class": "this machine", "memory_gb": None,
                "bandwidth_gbs": round(m.bandwidth_gbs, 1), "bf16_tflops": None, "fp16_tflops": None,
                "fp8_tflops": None, "tdp_w": None, "fp32_tflops_measured": m.matmul_gflops / 1e3}
         shown = pd.concat([shown, pd.DataFrame([row])], ignore_index=True)
     return shown
 
 
-COLUMN_LABELS = {"name": "accelerator", "year": "year", "memory_gb": "memory (GB)",
+COLUMN_LABELS = {"name": "accelerator", "year": "year", "class": "class", "memory_gb": "memory (GB)",
                  "bandwidth_gbs": "bandwidth (GB/s)", "bf16_tflops": "BF16 dense TFLOPS",
                  "fp16_tflops": "FP16 dense TFLOPS", "fp8_tflops": "FP8 dense TFLOPS", "tdp_w": "TDP (W)",
                  "fp32_tflops_measured": "fp32 matmul TFLOPS (measured)"}
+
+
+def styled_table(shown: pd.DataFrame):
+    """Empty cells (no BF16 on T4 and V100, no FP8 before Hopper) as a dash, not 'None'."""
+    numbers = {c: "{:,.0f}" for c in shown.columns if c not in ("accelerator", "year", "class")}
+    numbers[COLUMN_LABELS["fp32_tflops_measured"]] = "{:,.3f}"
+    return shown.style.format({k: v for k, v in numbers.items() if k in shown.columns}, na_rep="—").format(
+        {"year": lambda y: "" if pd.isna(y) else f"{int(y)}"})
 
 
 def growth_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -45,17 +53,19 @@ def growth_frame(frame: pd.DataFrame) -> pd.DataFrame:
     f["flops_per_byte"] = f["tensor_tflops"] * 1e12 / (f["bandwidth_gbs"] * 1e9)
     labels = {"memory_gb": "memory (GB)", "bandwidth_gbs": "bandwidth (GB/s)",
               "tensor_tflops": "16-bit dense TFLOPS", "flops_per_byte": "FLOPs per byte (ridge point)"}
-    long = f.melt(id_vars=["name", "year"], value_vars=list(labels), var_name="quantity", value_name="value")
+    long = f.melt(id_vars=["name", "year", "class"], value_vars=list(labels), var_name="quantity", value_name="value")
     long["quantity"] = long["quantity"].map(labels)
     return long.dropna(subset=["value"])
 
 
 def growth_chart(long: pd.DataFrame) -> alt.FacetChart:
     base = alt.Chart(long).encode(
-        x=alt.X("year:O", title=None),
+        x=alt.X("year:Q", title=None, scale=alt.Scale(domain=[2016.5, 2024.8]), axis=alt.Axis(format="d", tickCount=8)),
         y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=None),
-        tooltip=["name", "year", "quantity", alt.Tooltip("value:Q", format=",.0f")])
-    chart = (base.mark_line(point=True, opacity=0.35, color="#888")
+        color=alt.Color("class:N", title="card", scale=alt.Scale(domain=["training", "inference"],
+                                                                 range=["#4c78a8", "#e45756"])),
+        tooltip=["name", "year", "class", "quantity", alt.Tooltip("value:Q", format=",.0f")])
+    chart = (base.mark_line(point=True, opacity=0.6)
              + base.mark_text(dy=-9, fontSize=10).encode(text="name"))
     return chart.properties(width=300, height=190).facet(facet=alt.Facet("quantity:N", title=None), columns=2
                                                            ).resolve_scale(y="independent")

@@ -14,7 +14,7 @@ from core.jobs import Job, JobError
 from core.models.loading import LoadedModel
 from core.units import format_bytes
 
-JOB_PARAM = "quant"
+JOB_PARAM = "quantlab"  # not "quant": the model picker links the quantization under that name
 GGUF_KEY = "hw_gguf_open"
 
 

@@ -153,7 +153,7 @@ def train_reward_model(causal_lm: nn.Module, tokenizer: Any, cfg: RewardConfig, 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        row = {"step": step, "loss": float(loss), "margin": float((r_w - r_l).mean()),
+        row = {"step": step, "loss": loss.item(), "margin": float((r_w - r_l).detach().mean()),
                "train_accuracy": float((r_w > r_l).float().mean())}
         if step % eval_every == 0 or step == cfg.steps:
             row["test_accuracy"] = accuracy(rm, test)

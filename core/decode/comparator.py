@@ -228,7 +228,8 @@ def compare(lm: LoadedModel, text: str, strategies: list[Strategy], max_new_toke
             parent, token = search.advance(scores, log_probs[group])
             order[group] = first + parent
             next_tokens[group] = token
-        if all(r is None or r.done for r in rows) and all(b[2].done for b in beams):
+        finished = all(r is None or r.done for r in rows) and all(search.done for _, _, search in beams)
+        if finished or step == max_new_tokens - 1:
             break
         if beams:
             cache.reorder_cache(order.to(device))

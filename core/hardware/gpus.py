@@ -22,6 +22,7 @@ class Accelerator:
     name: str
     vendor: str
     year: int
+    kind: str  # "training" (SXM flagships) | "inference" (low-power PCIe cards)
     memory_gb: float  # decimal GB, as datasheets write it
     bandwidth_gbs: float  # memory bandwidth, GB/s (decimal)
     bf16_tflops: float | None  # dense tensor TFLOPS; None: no BF16 on this chip
@@ -61,11 +62,11 @@ def _number(text: str) -> float | None:
 
 @lru_cache(maxsize=1)
 def accelerators() -> tuple[Accelerator, ...]:
-    """Every row of data/accelerators.csv, in file order (by generation)."""
+    """Every row of data/accelerators.csv, in file order (by year)."""
     with (DATA_DIR / "accelerators.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return tuple(Accelerator(
-        name=r["name"], vendor=r["vendor"], year=int(r["year"]), memory_gb=float(r["memory_gb"]),
+        name=r["name"], vendor=r["vendor"], year=int(r["year"]), kind=r["class"], memory_gb=float(r["memory_gb"]),
         bandwidth_gbs=float(r["bandwidth_gbs"]), bf16_tflops=_number(r["bf16_tflops"]),
         fp16_tflops=_number(r["fp16_tflops"]), fp8_tflops=_number(r["fp8_tflops"]),
         tdp_w=_number(r["tdp_w"]), notes=r["notes"], source=r["source"]) for r in rows)
@@ -102,6 +103,6 @@ def find_gpu(name: str) -> Accelerator:
 
 def table_rows() -> list[dict]:
     """The table as plain rows (for a DataFrame), compute in TFLOPS, memory in GB, bandwidth in GB/s."""
-    return [{"name": a.name, "year": a.year, "memory_gb": a.memory_gb, "bandwidth_gbs": a.bandwidth_gbs,
+    return [{"name": a.name, "year": a.year, "class": a.kind, "memory_gb": a.memory_gb, "bandwidth_gbs": a.bandwidth_gbs,
              "bf16_tflops": a.bf16_tflops, "fp16_tflops": a.fp16_tflops, "fp8_tflops": a.fp8_tflops,
              "tdp_w": a.tdp_w, "notes": a.notes, "source": a.source} for a in accelerators()]

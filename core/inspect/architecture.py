@@ -7,12 +7,11 @@ goes through `attribute_map` via plain attribute access and works for any family
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import PretrainedConfig
 
-if TYPE_CHECKING:
-    from core.inspect.diagram import Diagram
+from core.units import format_bytes  # noqa: F401  (re-exported: pages format the byte fields with it)
 
 
 @dataclass(frozen=True)
@@ -213,7 +212,7 @@ def validate_config(config: PretrainedConfig) -> None:
 # ---------------------------------------------------------------- one architecture in numbers, and two side by side
 
 
-def architecture_summary(diagram: "Diagram", config: PretrainedConfig, kv_dtype: str = "bfloat16",
+def architecture_summary(diagram: Any, config: PretrainedConfig, kv_dtype: str = "bfloat16",
                          weights_dtype: str | None = None) -> dict[str, Any]:
     """Every dimension of one architecture, keyed by a readable field name (values are raw numbers,
     strings or booleans; `format_value` writes them for a table). Parameters come from the diagram,
@@ -282,13 +281,6 @@ def format_value(field: str, value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
-
-
-def format_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n:,.0f} B"
 
 
 def comparison_rows(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b: str = "B") -> list[dict[str, str]]:

@@ -89,9 +89,7 @@ def count_parameters(model_or_config: nn.Module | PretrainedConfig) -> dict[str,
     per_layer: dict[int, dict[str, int]] = {}
     total = 0
     for name, p in model.named_parameters():  # tied parameters come once
-        n = p.numel()
-        if hasattr(p, "quant_state") or p.dtype == torch.uint8:  # bitsandbytes packs 2 x 4-bit per byte
-            n = _unpacked_numel(p, n)
+        n = unpacked_numel(p)
         total += n
         kind = classify(name)
         if kind == "attention_qkv":
@@ -114,9 +112,13 @@ def count_parameters(model_or_config: nn.Module | PretrainedConfig) -> dict[str,
     }
 
 
-def _unpacked_numel(p: torch.Tensor, n: int) -> int:
-    state = getattr(p, "quant_state", None)
-    shape = getattr(state, "shape", None)
+def unpacked_numel(p: torch.Tensor) -> int:
+    """The number of weights a parameter stands for: `numel()`, except for bitsandbytes 4-bit parameters,
+    which pack two weights per uint8 and keep the real shape in their `quant_state`."""
+    n = p.numel()
+    if not (hasattr(p, "quant_state") or p.dtype == torch.uint8):
+        return n
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
     return int(torch.Size(shape).numel()) if shape is not None else n
 
 
@@ -164,7 +166,7 @@ def weight_memory(model: nn.Module) -> list[dict[str, Any]]:
     total = rows = 0
     matrix_numel = 0
     for _name, p in model.named_parameters():
-        n = _unpacked_numel(p, p.numel()) if hasattr(p, "quant_state") or p.dtype == torch.uint8 else p.numel()
+        n = unpacked_numel(p)
         total += n
         if p.dim() == 2:
             rows += p.shape[0]

@@ -145,6 +145,15 @@ def lora_target_modules(model: nn.Module, targets: str) -> list[str] | str:
     return sorted(names)
 
 
+def default_lora_targets(model_config: Any) -> str:
+    """`q,v` where the model has separate query and value projections, else `attention` (GPT-2 fuses them)."""
+    try:
+        lora_target_modules(meta_model_from_config(model_config), "q,v")
+    except ValueError:
+        return "attention"
+    return "q,v"
+
+
 def configure(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     """Mark what trains (in place); LoRA returns the PEFT wrapper around `model`."""
     validate(cfg, model.config)
