@@ -36,7 +36,8 @@ def main() -> int:
           f"{torch.get_num_threads()}, cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     print(f"with cache:    {w.total:7.2f} s  (prefill {w.seconds[0] * 1000:.0f} ms, then {w.decode_mean * 1000:.1f} ms"
           f"/token)")
-    print(f"without cache: {wo.total:7.2f} s  (first {wo.seconds[0] * 1000:.0f} ms, last {wo.seconds[-1] * 1000:.0f} ms)")
+    print(f"without cache: {wo.total:7.2f} s  (first {wo.seconds[0] * 1000:.0f} ms, "
+          f"last {wo.seconds[-1] * 1000:.0f} ms)")
     print(f"speed-up {m.speedup:.2f}x; same tokens: {m.same_tokens}")
     print(f"cache after {size.tokens} tokens: formula {format_bytes(size.formula_bytes)} "
           f"({size.formula_bytes:,} B), tensors {format_bytes(size.actual_bytes)} ({size.actual_bytes:,} B)")

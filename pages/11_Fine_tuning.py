@@ -140,6 +140,8 @@ if job is None:
         st.caption(f"{chosen['name']}: {chosen['mode']} at step {chosen['step']} of {chosen['steps']}.")
     if st.button("▶ Start fine-tuning" if not resume else "▶ Resume", type="primary", key="ft_start"):
         job = ui_ft.start(lm, cfg, run_name, (prompt,) if prompt.strip() else (), resume)
+        if job is not None:
+            st.rerun()  # the settings give way to the run
     if job is None:
         explain(cfg)
         st.stop()

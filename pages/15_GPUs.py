@@ -114,8 +114,8 @@ if plan is not None:
                 help="Counted on the meta device from the config; tied embeddings once." if plan.tied_embeddings else None)
     m[1].metric(f"Weights ({dtype})", format_bytes(plan.weights_bytes))
     m[2].metric("KV cache", format_bytes(plan.kv_cache_bytes))
-    m[3].metric("Prefill", f"{plan.prefill_tokens_per_s:,.0f} tok/s", help="Upper bound: compute bound at the peak")
-    m[4].metric("Decode", f"{plan.decode_tokens_per_s:,.1f} tok/s", help=f"Upper bound: {plan.decode_bound} bound")
+    m[3].metric("Prefill", ui.rate(plan.prefill_tokens_per_s), help="Upper bound: compute bound at the peak")
+    m[4].metric("Decode", ui.rate(plan.decode_tokens_per_s), help=f"Upper bound: {plan.decode_bound} bound")
     if plan.fits:
         st.success(f"Fits on one {gpu.name}: {format_bytes(plan.total_bytes)} of {format_bytes(plan.gpu_memory_bytes)} "
                    f"({plan.total_bytes / plan.gpu_memory_bytes:.0%}), before activations and runtime overhead.")

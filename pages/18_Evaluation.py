@@ -47,15 +47,15 @@ st.markdown(
 st.header("Perplexity with a sliding window")
 st.markdown(
     "Perplexity is exp of the mean negative log-likelihood of each token given the tokens before it: "
-    "PPL = exp(−1/N Σ log p(xᵢ | x₍<ᵢ₎)). A model reads at most its context at once, so a long text is scored "
+    "PPL = exp(−(1/N) Σᵢ log p(xᵢ | x₁ … xᵢ₋₁)). A model reads at most its context at once, so a long text is scored "
     "in **windows** that start every **stride** tokens; each window scores only the tokens the previous one did "
     "not reach. A smaller stride gives each token more context (usually a lower perplexity) for more passes.")
 st.selectbox("Start from", list(SAMPLES), key="eval_sample", on_change=use_sample)
 text = st.text_area("Text to score", DEFAULT_TEXT, key="eval_text", height=110)
 c1, c2 = st.columns(2)
-window = int(c1.number_input("Window (tokens per forward pass)", min_value=1, max_value=max(2, context), value=min(64, context),
+window = int(c1.number_input("Window (tokens per forward pass)", min_value=1, max_value=max(2, context), value=min(32, context),
                              step=8, key="eval_window", help=f"At most the model's context ({context:,} tokens)."))
-stride = int(c2.number_input("Stride (tokens between window starts)", min_value=1, value=32, step=4, key="eval_stride",
+stride = int(c2.number_input("Stride (tokens between window starts)", min_value=1, value=16, step=4, key="eval_stride",
                              help="At most the window. stride = window: disjoint windows, the first token of "
                                   "each has no context and is not scored."))
 result = None
@@ -109,8 +109,8 @@ if st.session_state.get("eval_kl_for") == (lm.spec.key, other, kl_text) and othe
         st.warning(str(exc))
 if kl_result is not None:
     m = st.columns(4)
-    m[0].metric("Mean KL(P‖Q)", f"{kl_result.mean:.4g} nats")
-    m[1].metric("Largest KL", f"{kl_result.max:.4g} nats")
+    m[0].metric("Mean KL(P‖Q)", ui.nats(kl_result.mean), help="nats")
+    m[1].metric("Largest KL", ui.nats(kl_result.max), help="nats")
     m[2].metric("Top-1 agreement", f"{100 * kl_result.top1_agreement:.1f}%")
     m[3].metric("Mean entropy of P", f"{float(kl_result.entropy_p.mean()):.3f} nats",
                 help="For scale: a KL small next to P's own uncertainty is a small change.")

@@ -4,6 +4,7 @@ each layer recomputed by hand from its weights and checked against the model's o
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 
 import altair as alt
 import pandas as pd
@@ -26,22 +27,43 @@ DEFAULT_TEXT = ("The cat sat on the mat because it was tired. Language models re
 
 
 def controls(lm: LoadedModel, cap: Capture, a: sw.Anatomy, text: str, checks: Checks) -> View:
-    """Sidebar widgets; the cached hand computation for the chosen layer."""
+    """Sidebar widgets: the token followed everywhere and how many dims to list (layer and head are chosen
+    inside the layer section, which reruns alone)."""
     labels = cap.labels
-    clamp_state("fp_layer", 0, a.n_layers - 1)
-    clamp_state("fp_head", 0, a.n_heads - 1)
     clamp_state("fp_dims", 1, min(a.hidden_size, 1024))
     keep_choice("fp_pos", list(range(cap.seq_len)), cap.seq_len - 1)
     with st.sidebar:
         st.markdown("**Step-by-step controls**")
         pos = st.selectbox("Token to follow", range(cap.seq_len), key="fp_pos",
                            format_func=lambda i: labels[i], help="The values shown at each step are this token's row.")
+        n_dims = state.keep(st.slider, "Dimensions shown", 1, min(a.hidden_size, 1024), min(8, a.hidden_size),
+                            key="fp_dims", help="How many of the first dimensions of each vector to list.")
+    return View(lm, cap, a, text, pos, 0, 0, n_dims, None, checks)
+
+
+@st.fragment
+def inside_layer(base: View, page_checks: Checks) -> None:
+    """Steps 3-14 of one layer; its layer and head sliders rerun only this part of the page."""
+    lm, cap, a = base.lm, base.cap, base.a
+    clamp_state("fp_layer", 0, a.n_layers - 1)
+    clamp_state("fp_head", 0, a.n_heads - 1)
+    st.divider()
+    c1, c2 = st.columns([2, 1])
+    with c1:
         layer = index_slider("Layer", a.n_layers, "fp_layer",
                              "Every layer step below is recomputed from this layer's weights.")
+    with c2:
         head = index_slider("Head", a.n_heads, "fp_head", "The head followed in the RoPE details.")
-        n_dims = state.keep(st.slider, "Dimensions shown", 1, min(a.hidden_size, 1024), min(8, a.hidden_size), key="fp_dims",
-                           help="How many of the first dimensions of each vector to list.")
-    return View(lm, cap, a, text, pos, layer, head, n_dims, fw.layer_steps(lm, cap, layer), checks)
+    checks = Checks()
+    v = replace(base, layer=layer, head=head, steps=fw.layer_steps(lm, cap, layer), checks=checks)
+    norm_step(v)
+    projection_steps(v)
+    attention_weight_steps(v)
+    mlp_steps(v)
+    if fw.parity_ready(lm, cap):  # computed by an earlier run: fill the checks now
+        checks.fill(fw.parity(lm, cap))
+    else:  # the first run: the page fills them once it has drawn everything
+        page_checks.slots.extend(checks.slots)
 
 
 def parity_banner(v: View, parity: sw.Parity) -> None:
@@ -195,7 +217,7 @@ st.title("➡️ Forward pass, step by step")
 lm = model_picker()
 st.markdown("From your text to the next-token probabilities, with the model's real tensors. Every layer step "
             "is **recomputed by hand from that layer's weights** and checked against the model's own hidden "
-            "states. Pick the token, layer and head to follow in the sidebar.")
+            "states. Pick the token to follow in the sidebar, the layer and head in step 3.")
 text = state.keep(st.text_area, "Text", value=DEFAULT_TEXT, height=90, key="fp_text")
 anatomy, unsupported = fw.anatomy(lm)
 capture = fw.residual_capture(lm, text)
@@ -212,13 +234,9 @@ if capture is not None:
         view = controls(lm, capture, anatomy, text, checks)
         st.caption(f"{anatomy.norm_kind} · {anatomy.mlp_kind} · {anatomy.positions} positions · {anatomy.n_heads} "
                    f"heads / {anatomy.n_kv_heads} KV heads · head dim {anatomy.head_dim} · following token "
-                   f"**{md(capture.labels[view.pos])}**, layer **{view.layer}**, head **{view.head}** "
-                   "(controls in the sidebar)")
+                   f"**{md(capture.labels[view.pos])}** (in the sidebar; the layer and head are chosen below)")
         embeddings_step(view)
-        norm_step(view)
-        projection_steps(view)
-        attention_weight_steps(view)
-        mlp_steps(view)
+        inside_layer(view, checks)
         final_steps, position = stack_steps(view), view.pos
     top_tokens(lm, capture, final_steps, position)
     greedy(lm, capture)

@@ -100,6 +100,10 @@ def test_link_reload_fresh_browser_and_navigation(server, browser):
     assert layer_shown(page) == "1"
     assert params(page).get("w_layer") == "1" and params(page).get("model") == "tiny-gpt2"
     link = page.url
+    page.get_by_text("Link to this view").click()  # the copy box shows the link of what is on screen now
+    page.wait_for_selector(".lab-link input", timeout=60_000)
+    assert page.locator(".lab-link input").first.input_value() == link
+    page.keyboard.press("Escape")
 
     page.reload()  # a new session on the same URL
     settle(page)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.models import loading as models
+from core.models import memory
 from core.data import reference_configs
 from core.models.loading import ModelLoadError, ModelSpec, check_fits, load_model, parse_spec
 
@@ -44,7 +45,7 @@ def test_offline_hub_id_is_a_clear_fast_error(monkeypatch):
 
 def test_model_too_big_is_refused_with_figures(tmp_path, monkeypatch):
     if models.available_bytes("auto") > 30 * 2**30:  # a big GPU host: pretend to be this 24 GiB machine
-        monkeypatch.setattr(models, "available_bytes", lambda device: 16 * 2**30)
+        monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * 2**30)
     folder = tmp_path / "mistral"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(reference_configs()["mistralai/Mistral-7B-v0.1"]))
@@ -57,7 +58,7 @@ def test_check_fits_accounts_for_quantization(monkeypatch):
     from core.data import reference_config
 
     config = reference_config("mistralai/Mistral-7B-v0.1")
-    monkeypatch.setattr(models, "available_bytes", lambda device: 8 * 2**30)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 8 * 2**30)
     with pytest.raises(ModelLoadError):
         check_fits(config, ModelSpec("x", "bfloat16"))
     need = check_fits(config, ModelSpec("x", "float32", quantization="4bit"))

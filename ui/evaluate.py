@@ -61,6 +61,11 @@ def other_cli(spec: ModelSpec | None) -> str:
     return " ".join(parts)
 
 
+def nats(x: float) -> str:
+    """A KL for a metric: '0.00127' is unreadable at a glance, '1.27e-03' is not."""
+    return f"{x:.3f}" if x >= 0.01 else f"{x:.2e}"
+
+
 def partner_label(label: str, specs: dict[str, ModelSpec]) -> str:
     runs = {str(m.path): m.label for m in saved_models()}
     return runs.get(specs[label].source, label) if label in specs else label
@@ -73,20 +78,20 @@ def windows_chart(result: ppl.PerplexityResult) -> alt.Chart:
     """One row per forward pass: the tokens it reads (light) and the tokens it scores (dark)."""
     rows = []
     for k, w in enumerate(result.windows):
-        rows.append({"window": k + 1, "from": w.start - 0.5, "to": w.end - 0.5, "part": "context only",
-                     "tokens": f"{w.start}–{w.end - 1}"})
-        rows.append({"window": k + 1, "from": w.score_start - 0.5, "to": w.end - 0.5, "part": "scored",
-                     "tokens": f"{w.score_start}–{w.end - 1}"})
-    df = pd.DataFrame(rows)
-    height = min(360, 18 * len(result.windows) + 40)
-    return alt.Chart(df).mark_bar(height={"band": 0.7}).encode(
-        x=alt.X("from:Q", title="token position", scale=alt.Scale(domain=[-0.5, len(result.ids) - 0.5], nice=False)),
-        x2="to:Q",
-        y=alt.Y("window:O", title="forward pass"),
+        for part, first in (("context only", w.start), ("scored", w.score_start)):
+            rows.append({"pass": k + 1, "x0": first - 0.5, "x1": w.end - 0.5, "y0": k + 0.65, "y1": k + 1.35,
+                         "part": part, "tokens": f"{first}–{w.end - 1}"})
+    n = len(result.windows)
+    return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
+        x=alt.X("x0:Q", title="token position", scale=alt.Scale(domain=[-0.5, len(result.ids) - 0.5], nice=False)),
+        x2="x1:Q",
+        y=alt.Y("y0:Q", title="forward pass", scale=alt.Scale(domain=[n + 0.5, 0.5], nice=False),
+                axis=alt.Axis(values=list(range(1, n + 1)) if n <= 20 else None, format="d")),
+        y2="y1:Q",
         color=alt.Color("part:N", scale=alt.Scale(domain=["context only", "scored"], range=["#c6dbef", "#2171b5"]),
                         legend=alt.Legend(orient="top", title=None)),
-        tooltip=["window:O", "part:N", "tokens:N"],
-    ).properties(height=height)
+        tooltip=[alt.Tooltip("pass:O", title="forward pass"), "part:N", "tokens:N"],
+    ).properties(height=min(300, 24 * n + 30))
 
 
 def nll_chart(result: ppl.PerplexityResult) -> alt.Chart:
@@ -112,8 +117,8 @@ def kl_chart(result: divergence.KLResult, q_tokens: list[str], p_tokens: list[st
         "position": range(len(result.ids)),
         "token": [token_display(t) for t in result.tokens],
         "kl": result.per_position.tolist(),
-        "P's top-1 next": [token_display(t) for t in p_tokens],
-        "Q's top-1 next": [token_display(t) for t in q_tokens],
+        "p_top": [token_display(t) for t in p_tokens],
+        "q_top": [token_display(t) for t in q_tokens],
         "agree": ["yes" if a == b else "no" for a, b in zip(result.top1_p, result.top1_q)],
     })
     return alt.Chart(df).mark_bar().encode(
@@ -121,8 +126,8 @@ def kl_chart(result: divergence.KLResult, q_tokens: list[str], p_tokens: list[st
         y=alt.Y("kl:Q", title="KL(P‖Q) nats"),
         color=alt.Color("agree:N", title="same top-1", scale=alt.Scale(domain=["yes", "no"],
                                                                        range=["#4c78a8", "#e45756"])),
-        tooltip=["position:Q", "token:N", alt.Tooltip("kl:Q", format=".5f"), "P's top-1 next:N",
-                 "Q's top-1 next:N"],
+        tooltip=["position:Q", "token:N", alt.Tooltip("kl:Q", format=".5f", title="KL (nats)"),
+                 alt.Tooltip("p_top:N", title="P's top-1 next"), alt.Tooltip("q_top:N", title="Q's top-1 next")],
     ).properties(height=220)
 
 

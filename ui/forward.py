@@ -79,7 +79,14 @@ def _parity(key: tuple, _lm: LoadedModel, _cap: Capture) -> sw.Parity:
 
 def parity(lm: LoadedModel, cap: Capture) -> sw.Parity:
     """Every layer by hand against the model, plus the whole stack chained from the ids."""
-    return _parity(_key(lm, cap), lm, cap)
+    result = _parity(_key(lm, cap), lm, cap)
+    st.session_state["fp_parity_for"] = _key(lm, cap)
+    return result
+
+
+def parity_ready(lm: LoadedModel, cap: Capture) -> bool:
+    """Has this session already got the parity of this model and text (so reading it costs nothing)?"""
+    return st.session_state.get("fp_parity_for") == _key(lm, cap)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

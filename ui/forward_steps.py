@@ -45,7 +45,7 @@ class View:
     layer: int
     head: int
     n_dims: int
-    steps: sw.LayerSteps
+    steps: sw.LayerSteps | None  # the chosen layer's hand computation (None outside the layer section)
     checks: Checks
 
     @property
@@ -73,7 +73,6 @@ def head_images(weights, a: sw.Anatomy, labels: list[str]) -> None:
 def norm_step(v: View) -> None:
     """Step 3: the attention norm, with what it divides by for the followed token."""
     a, steps, pos, tok, seq = v.a, v.steps, v.pos, v.tok, v.cap.seq_len
-    st.divider()
     st.markdown(f"### Inside layer {v.layer} of {a.n_layers}")
     st.caption(f"The input is the model's own `hidden_states[{v.layer}]`, so each layer is checked on its own.")
     if a.norm_kind == "RMSNorm":

@@ -38,12 +38,24 @@ COLUMN_LABELS = {"name": "accelerator", "year": "year", "class": "class", "memor
                  "fp32_tflops_measured": "fp32 matmul TFLOPS (measured)"}
 
 
-def styled_table(shown: pd.DataFrame):
-    """Empty cells (no BF16 on T4 and V100, no FP8 before Hopper) as a dash, not 'None'."""
-    numbers = {c: "{:,.0f}" for c in shown.columns if c not in ("accelerator", "year", "class")}
-    numbers[COLUMN_LABELS["fp32_tflops_measured"]] = "{:,.3f}"
-    return shown.style.format({k: v for k, v in numbers.items() if k in shown.columns}, na_rep="—").format(
-        {"year": lambda y: "" if pd.isna(y) else f"{int(y)}"})
+def styled_table(shown: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as text for display: empty cells (no BF16 on T4 and V100, no FP8 before Hopper) as a dash."""
+    out = shown.copy()
+    for col in out.columns:
+        if col in ("accelerator", "class"):
+            continue
+        digits = 3 if col == COLUMN_LABELS["fp32_tflops_measured"] else 0
+        fmt = "{:.0f}" if col == "year" else f"{{:,.{digits}f}}"
+        out[col] = out[col].map(lambda v, f=fmt: "—" if pd.isna(v) else f.format(v))
+    return out
+
+
+def rate(tokens_per_s: float) -> str:
+    """A throughput short enough for a metric: 3.68M tok/s, 10.6k tok/s, 21.4 tok/s."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if tokens_per_s >= div:
+            return f"{tokens_per_s / div:,.2f}{unit} tok/s"
+    return f"{tokens_per_s:,.1f} tok/s"
 
 
 def growth_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -152,9 +164,13 @@ def memory_chart(plan: core_planner.Plan) -> alt.LayerChart:
         x=alt.X("sum(GiB):Q", title="GiB"),
         color=alt.Color("part:N", scale=alt.Scale(range=["#4c78a8", "#f58518"]), title=None),
         tooltip=["weights", "part", alt.Tooltip("GiB:Q", format=",.2f")])
-    limit = alt.Chart(pd.DataFrame([{"GiB": plan.gpu_memory_bytes / 2**30, "label": f"{plan.gpu} memory"}])
-                      ).mark_rule(color="red", strokeDash=[4, 3]).encode(x="GiB:Q", tooltip=["label"])
-    return (bars + limit).properties(height=170)
+    biggest = (max(plan.weights_bytes_by_dtype.values()) + plan.kv_cache_bytes) / 2**30
+    gpu_gib = plan.gpu_memory_bytes / 2**30
+    if biggest < 0.05 * gpu_gib:  # a tiny model: the GPU's line would squash the bars to nothing
+        return bars.properties(height=170, title=f"{plan.gpu} memory ({gpu_gib:,.1f} GiB) is far off this scale")
+    limit = alt.Chart(pd.DataFrame([{"GiB": gpu_gib, "label": f"{plan.gpu} memory"}])
+                      ).mark_rule(color="red", strokeDash=[4, 3], size=2).encode(x="GiB:Q", tooltip=["label"])
+    return (bars + limit).properties(height=170, title=f"red line: {plan.gpu} memory ({gpu_gib:,.1f} GiB)")
 
 
 def plan_lines(plan: core_planner.Plan) -> list[str]:

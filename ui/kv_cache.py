@@ -20,15 +20,18 @@ def size(lm: LoadedModel, ids: list[int]) -> CacheSize:
     return _cached_size(lm.spec.key, tuple(ids), lm)
 
 
+def _forward_input(m: KVMeasurement, use_cache: bool, i: int) -> str:
+    """What the forward pass for new token i+1 was fed."""
+    if use_cache:
+        return f"{m.prompt_tokens} prompt tokens (prefill)" if i == 0 else "1 new token"
+    return f"{m.prompt_tokens + i} tokens (everything so far)"
+
+
 def latency_frame(m: KVMeasurement) -> pd.DataFrame:
-    rows = []
-    for timing, label in ((m.with_cache, "with KV cache"), (m.without_cache, "without cache")):
-        for i, s in enumerate(timing.seconds):
-            rows.append({"new token": i + 1, "ms": s * 1000, "run": label,
-                         "forward input": (f"{m.prompt_tokens} prompt tokens (prefill)" if i == 0 or not timing.use_cache
-                                           else "1 token") if timing.use_cache
-                         else f"{m.prompt_tokens + i} tokens (everything so far)"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"new token": i + 1, "ms": s * 1000, "run": label,
+                          "forward input": _forward_input(m, timing.use_cache, i)}
+                         for timing, label in ((m.with_cache, "with KV cache"), (m.without_cache, "without cache"))
+                         for i, s in enumerate(timing.seconds)])
 
 
 def latency_chart(frame: pd.DataFrame) -> alt.Chart:

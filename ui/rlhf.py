@@ -343,9 +343,11 @@ def grpo_step(lm: LoadedModel) -> None:
         return
     res: grpo.GRPOResult = snap.result
     m = st.columns(3)
-    m[0].metric(f"Mean reward ({res.reward_name})", f"{res.reward_end:.3f}", f"{res.reward_end - res.reward_start:+.3f}"
+    m[0].metric(f"Training reward ({res.reward_name})", f"{res.reward_end:.3f}", f"{res.reward_end - res.reward_start:+.3f}"
                 f" from {res.reward_start:.3f}", help="mean over the last vs the first quarter of the steps")
-    m[1].metric("Steps", len(res.rows))
+    m[1].metric("Held-out prompts, sampled", f"{res.eval_after:.3f}", f"{res.eval_after - res.eval_before:+.3f} from "
+                f"{res.eval_before:.3f}", help="mean reward of the same seeded samples on 4 held-out prompts, "
+                "before and after training")
     m[2].metric("Time per step", format_duration(res.seconds_per_step))
     if res.groups:
         i = st.slider("Group at step", 1, len(res.groups), len(res.groups), key="rlhf_grpo_group") - 1

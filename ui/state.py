@@ -31,6 +31,7 @@ old links, which then simply open the default view).
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any, Callable, Sequence
 from urllib.parse import urlencode
@@ -164,14 +165,41 @@ def view_url() -> str | None:
     return f"{base}?{query}" if query else base
 
 
-def share_link(where: Any = None) -> None:
-    """A small "Link to this view" popover: the full URL in a code box (with its copy button)."""
-    target = where if where is not None else st
-    with target.popover("🔗 Link to this view"):
-        url = view_url()
-        if url:
-            st.code(url, language=None, wrap_lines=True)
-            st.caption("Anyone opening it gets the same model, text and controls, in their own session.")
-        else:
-            st.caption("The address bar of your browser holds the link to this view (model, text and "
-                       "controls are in it).")
+def share_link() -> None:
+    """A small "Link to this view" popover: the full URL in a code box (with its copy button).
+
+    A fragment, and the popover reruns it when opened: the link is read from the browser's URL at that
+    moment, so it includes what the page's fragments changed since the last full run."""
+    _share_link()
+
+
+# The browser's address bar is the truth (bound widgets update it without a server round trip): the box
+# reads location.href when it appears and on focus. Constant code; the only data is the escaped URL.
+_LINK_BOX = """<div class="lab-link" style="display:flex;gap:.4rem;align-items:center">
+<input readonly value="{url}" aria-label="Link to this view"
+ style="flex:1;min-width:28rem;font-family:monospace;font-size:.8rem;padding:.35rem;border:1px solid #ccc;border-radius:.3rem">
+<button type="button" style="padding:.3rem .7rem;border:1px solid #ccc;border-radius:.3rem;background:#fff">Copy</button>
+</div>
+<script>
+for (const box of document.querySelectorAll(".lab-link")) {{
+  const input = box.querySelector("input"), button = box.querySelector("button");
+  input.value = window.location.href;
+  input.addEventListener("focus", () => {{ input.value = window.location.href; input.select(); }});
+  button.addEventListener("click", async () => {{
+    input.value = window.location.href; input.select();
+    try {{ await navigator.clipboard.writeText(input.value); button.textContent = "Copied"; }}
+    catch (e) {{ document.execCommand("copy"); button.textContent = "Copied"; }}
+  }});
+}}
+</script>"""
+
+
+@st.fragment
+def _share_link() -> None:
+    box = st.popover("🔗 Link to this view", key="lab_share_link", on_change="rerun")
+    if not box.open:
+        return
+    with box:
+        url = view_url() or ""
+        st.html(_LINK_BOX.format(url=html.escape(url, quote=True)), unsafe_allow_javascript=True)
+        st.caption("Anyone opening it gets the same model, text and controls, in their own session.")

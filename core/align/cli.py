@@ -89,7 +89,8 @@ def cmd_grpo(args: argparse.Namespace) -> Any:
                         generations=args.generations, max_new_tokens=args.max_new_tokens, seed=args.seed)
     r = _run(run_grpo, lm.model, lm.tokenizer, cfg)
     return {"config": asdict(cfg), "reward": r.reward_name,
-            "mean_reward": {"start": r.reward_start, "end": r.reward_end}, "seconds_per_step": r.seconds_per_step,
+            "mean_reward": {"start": r.reward_start, "end": r.reward_end},
+            "held_out_sampled_reward": {"start": r.eval_before, "end": r.eval_after}, "seconds_per_step": r.seconds_per_step,
             "steps": r.rows, "last_group": asdict(r.groups[-1]) if r.groups else None,
             "answers": [{"prompt": p, "before": b, "after": a, "reward_before": rb, "reward_after": ra}
                         for p, b, a, rb, ra in zip(r.prompts, r.before, r.after, r.before_rewards, r.after_rewards)]}

@@ -38,6 +38,26 @@ def group_advantages(rewards: list[float], eps: float = EPS) -> list[float]:
     return [(r - mean) / (std + eps) for r in rewards]
 
 
+@torch.no_grad()
+def sampled_mean_reward(model, tokenizer, prompts: list[str], reward: Reward, samples: int, max_new_tokens: int,
+                        temperature: float, seed: int) -> float:
+    """Mean reward of `samples` seeded samples per prompt: the same measurement before and after training."""
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    values = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]],
+                           device=device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, top_p=1.0,
+                             temperature=temperature, max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        values += [reward(tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True)) for o in out]
+    model.train(was_training)
+    return statistics.fmean(values)
+
+
 @dataclass
 class GRPOConfigLab:
     reward: str = "length"  # one of core.align.rewards.REWARD_KINDS
@@ -49,6 +69,7 @@ class GRPOConfigLab:
     max_new_tokens: int = 16
     temperature: float = 1.0
     seed: int = 0
+    eval_samples: int = 4  # per held-out prompt, before and after training
     before_after: tuple[str, ...] = ("Can you recommend a good movie?", "How do I fix a flat bicycle tyre?")
     answer_tokens: int = 24
 
@@ -69,6 +90,8 @@ class GRPOResult:
     rows: list[dict[str, float]]
     reward_start: float  # mean reward over the first quarter of the steps
     reward_end: float  # ... and over the last quarter
+    eval_before: float  # mean reward of seeded samples on the held-out prompts, before training
+    eval_after: float  # ... and after
     seconds_per_step: float
     reward_name: str
     groups: list[Group] = field(default_factory=list)
@@ -105,14 +128,24 @@ def run_grpo(model, tokenizer, cfg: GRPOConfigLab, job: Job | None = None) -> GR
     torch.manual_seed(cfg.seed)
     policy, tok = private_copy(model), private_tokenizer(tokenizer)
     before = greedy_answers(policy, tok, list(cfg.before_after), cfg.answer_tokens)
+    held_out = [p.prompt for p in preference_pairs("test")][:4]
+
+    def evaluate() -> float:
+        return sampled_mean_reward(policy, tok, held_out, reward, cfg.eval_samples, cfg.max_new_tokens,
+                                   cfg.temperature, cfg.seed + 1)
+
+    if job is not None:
+        job.report(phase="sampling the held-out prompts before training")
+    eval_before = evaluate()
     groups: list[Group] = []
     state: dict[str, Any] = {"trainer": None, "step": 0}
 
     def on_call(prompts: list, completions: list[str], rewards: list[float]) -> None:
         g = cfg.generations  # one prompt per step: the first G completions are its group
         trainer = state["trainer"]
-        groups.append(Group(step=state["step"] + 1, prompt=str(prompts[0]), completions=completions[:g],
-                            rewards=rewards[:g], advantages=group_advantages(rewards[:g]), trl_advantages=[]))
+        prompt = originals.get(str(prompts[0]), str(prompts[0]))
+        groups.append(Group(step=state["step"] + 1, prompt=prompt, completions=completions[:g], rewards=rewards[:g],
+                            advantages=group_advantages(rewards[:g]), trl_advantages=[]))
         del groups[:-50]
         if job is not None:
             job.report(group=groups[-1], trainer_ready=trainer is not None)
@@ -126,7 +159,8 @@ def run_grpo(model, tokenizer, cfg: GRPOConfigLab, job: Job | None = None) -> GR
                 job.report(group=groups[-1])
         return {}
 
-    prompts = [format_prompt(tok, p.prompt) for p in preference_pairs("train")]
+    originals = {format_prompt(tok, p.prompt): p.prompt for p in preference_pairs("train")}
+    prompts = list(originals)
     callback = JobCallback(job, GRPO_METRICS, extra=extra)
     with tempfile.TemporaryDirectory(prefix="lab-grpo-") as out:
         args = GRPOConfig(**trainer_args(out, cfg.steps, cfg.lr, cfg.generations, cfg.seed),
@@ -143,11 +177,15 @@ def run_grpo(model, tokenizer, cfg: GRPOConfigLab, job: Job | None = None) -> GR
         seconds = time.perf_counter() - t0
     callback.finish()
     rows = callback.rows
+    if job is not None:
+        job.report(phase="sampling the held-out prompts after training")
+    eval_after = evaluate()
     quarter = max(1, len(rows) // 4)
     after = greedy_answers(policy, tok, list(cfg.before_after), cfg.answer_tokens)
     return GRPOResult(
         rows=rows, reward_start=statistics.fmean(r["reward"] for r in rows[:quarter]),
-        reward_end=statistics.fmean(r["reward"] for r in rows[-quarter:]), seconds_per_step=seconds / max(1, len(rows)),
+        reward_end=statistics.fmean(r["reward"] for r in rows[-quarter:]), eval_before=eval_before,
+        eval_after=eval_after, seconds_per_step=seconds / max(1, len(rows)),
         reward_name=reward.name, groups=groups, before=before, after=after,
         before_rewards=[reward(t) for t in before], after_rewards=[reward(t) for t in after],
         prompts=list(cfg.before_after))

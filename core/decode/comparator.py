@@ -225,7 +225,7 @@ def compare(lm: LoadedModel, text: str, strategies: list[Strategy], max_new_toke
             scores = log_probs[group]
             if s.filters.repetition_penalty not in (None, 1.0):  # transformers applies it to the log-probs
                 scores = F.repetition_penalty(scores, history[group], s.filters.repetition_penalty)
-            parent, token = search.advance(scores, log_probs[group])
+            parent, token = search.advance(scores.cpu(), log_probs[group].cpu())  # B x vocab: CPU bookkeeping
             order[group] = first + parent
             next_tokens[group] = token
         finished = all(r is None or r.done for r in rows) and all(search.done for _, _, search in beams)

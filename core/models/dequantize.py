@@ -8,7 +8,33 @@ Both are turned back into float32 here; everything else passes through unchanged
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
+
+
+class _Once(logging.Filter):
+    """Let the first record starting with `prefix` through, drop the repeats."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        return True
+
+
+# bitsandbytes says this on every 8-bit matmul of a non-fp16 input: ~3,000 lines per 8-bit forward pass on
+# CPU. It logs it (logging, not warnings) in recent versions; older ones used warnings.warn.
+MATMUL8BIT_NOTICE = "MatMul8bitLt: inputs will be cast"
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_Once(MATMUL8BIT_NOTICE))
+warnings.filterwarnings("ignore", message=MATMUL8BIT_NOTICE)
 
 
 def quantization_of(p: torch.Tensor) -> str | None:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
-import logging
 import os
 import re
 import shutil
 import socket
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +32,8 @@ from transformers import (
 )
 
 from core.inspect.architecture import config_dims, detect_family
+from core.models.dequantize import MATMUL8BIT_NOTICE  # noqa: F401 - also installs the log filter
+from core.models.memory import available_bytes, bytes_per_parameter, check_fits, estimate_weight_bytes  # noqa: F401
 
 EMBEDDED = "embedded"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -46,28 +46,6 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 TINY_SEED = 0
 
 
-
-class _Once(logging.Filter):
-    """Let the first record starting with `prefix` through, drop the repeats."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix, self.seen = prefix, False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.prefix):
-            return True
-        if self.seen:
-            return False
-        self.seen = True
-        return True
-
-
-# bitsandbytes says this on every 8-bit matmul of a non-fp16 input: ~3,000 lines per 8-bit forward pass on
-# CPU. It logs it (logging, not warnings) in recent versions; older ones used warnings.warn.
-MATMUL8BIT_NOTICE = "MatMul8bitLt: inputs will be cast"
-logging.getLogger("bitsandbytes.autograd._functions").addFilter(_Once(MATMUL8BIT_NOTICE))
-warnings.filterwarnings("ignore", message=MATMUL8BIT_NOTICE)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 ECHO_LIMIT = 60  # characters of user input echoed back in a message or a label
@@ -425,51 +403,6 @@ def not_a_model_folder(folder: str) -> None:
     if not model_type:
         raise ModelLoadError(f"`{shown(folder)}` is a folder but not a model folder: it has no config.json "
                              "with a `model_type` (a saved Hugging Face model has one).")
-
-
-def bytes_per_parameter(dtype: str, quantization: str) -> float:
-    if quantization == "8bit":
-        return 1.0
-    if quantization == "4bit":
-        return 0.5
-    return torch.finfo(DTYPES[dtype]).bits / 8
-
-
-def estimate_weight_bytes(config: PretrainedConfig, dtype: str = "float32", quantization: str = "none") -> int:
-    """Weights only, counted on the meta device (no memory is allocated)."""
-    from core.models.params import count_parameters
-
-    return int(count_parameters(config)["total"] * bytes_per_parameter(dtype, quantization))
-
-
-def available_bytes(device: str) -> int:
-    """What a load may use: free GPU memory plus free RAM where accelerate can spread a model."""
-    ram = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                ram = int(line.split()[1]) * 1024
-    if not ram:
-        import psutil  # pragma: no cover - non-Linux hosts
-
-        ram = psutil.virtual_memory().available
-    gpu = 0
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        gpu = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-    return gpu if device == "cuda" else ram + gpu
-
-
-def check_fits(config: PretrainedConfig, spec: ModelSpec) -> int:
-    """Refuse, with the figures, what cannot fit; returns the estimate in bytes."""
-    need = estimate_weight_bytes(config, spec.dtype, spec.quantization)
-    have = available_bytes(spec.device)
-    # 20% headroom for activations, the tokenizer and the app itself.
-    if need * 1.2 > have:
-        raise ModelLoadError(
-            f"`{shown(spec.source)}` needs about {need / 2**30:.1f} GiB for its weights in {spec.dtype}"
-            f"{'' if spec.quantization == 'none' else ' ' + spec.quantization}, but only "
-            f"{have / 2**30:.1f} GiB is free here. Try bf16, 8-bit or 4-bit, or a smaller model.")
-    return need
 
 
 def _quantization_config(spec: ModelSpec) -> dict[str, Any]:

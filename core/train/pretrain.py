@@ -54,9 +54,10 @@ class NullJob:
 
 
 def make_accelerator():
+    """On a machine without CUDA, `cpu=True` is what lets accelerate see torchrun's processes (MULTI_CPU, gloo)."""
     from accelerate import Accelerator
 
-    return Accelerator()
+    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TextData | None = None) -> int:
