@@ -26,12 +26,13 @@ def explain(cfg: core_ft.FinetuneConfig | None = None) -> None:
     cfg = cfg or core_ft.FinetuneConfig()
     args = {"lora": f"--r {cfg.lora_r} --alpha {cfg.lora_alpha:g} --dropout {cfg.lora_dropout:g} "
                     f"--targets {cfg.lora_targets}",
-            "freeze": f"--freeze-layers {cfg.freeze_layers}" + ("" if cfg.freeze_embeddings else " --train-embeddings"),
+            "freeze": f"--freeze-layers {cfg.freeze_layers}"
+                      + ("" if cfg.freeze_embeddings else " --train-embeddings"),
             "full": ""}[cfg.mode]
-    how_computed(fd.encode_example, core_ft.configure, core_ft.trainable_parameters, core_ft._step,
-                 core_ft.finetune,
-                 command=f"python -m core finetune {lm.spec.cli()} --mode {cfg.mode} --steps {cfg.steps} "
-                         f"--lr {cfg.learning_rate:g} --batch-size {cfg.batch_size} {args} --out RUN_DIR".replace("  ", " "),
+    command = (f"python -m core finetune {lm.spec.cli()} --mode {cfg.mode} --steps {cfg.steps} "
+               f"--lr {cfg.learning_rate:g} --batch-size {cfg.batch_size} {args} --out RUN_DIR")
+    how_computed(fd.encode_example, core_ft.configure, core_ft.trainable_parameters, core_ft.train_step,
+                 core_ft.finetune, command=command.replace("  ", " "),
                  note="Every loss point is one AdamW step on the model's own copy, computed on a batch of the "
                       "shipped instruction set (`data/instructions.jsonl`); the held-out loss and the answers "
                       "use prompts the run never trains on. LoRA goes through PEFT (`get_peft_model`); the "
@@ -46,8 +47,12 @@ st.markdown(
     "fine-tune take hold on questions it never saw. The run works on a private copy: the model every other "
     "page (and every other user) sees does not change.")
 
-examples = ui_ft.instructions()
-train_set, heldout = fd.split_examples(examples)
+try:
+    examples = ui_ft.instructions()
+    train_set, heldout = fd.split_examples(examples)
+except ValueError as exc:
+    st.error(f"The instruction set cannot be used: {exc}")
+    st.stop()
 with st.expander(f"The instruction set: {len(train_set)} training pairs, {len(heldout)} held out"):
     st.dataframe(ui_ft.examples_frame(examples), width="stretch", hide_index=True)
     shown, labels = ui_ft.example_tokens(lm, train_set[0])
@@ -83,7 +88,8 @@ if job is None:
         targets = list(core_ft.LORA_TARGETS)
         extra["lora_targets"] = c[3].selectbox("Target modules", targets, key=f"ft_targets_{lm.spec.key}",
                                                index=targets.index(ui_ft.default_targets(lm)),
-                                               help="\n".join(f"- **{k}**: {v}" for k, v in core_ft.LORA_TARGETS.items()))
+                                               help="\n".join(f"- **{k}**: {v}"
+                                                               for k, v in core_ft.LORA_TARGETS.items()))
         st.caption("LoRA keeps every weight W fixed and learns a low-rank update beside chosen matrices: "
                    "h = W·x + (alpha / r)·B·A·x with A of shape [r, d_in] and B of shape [d_out, r]. B starts "
                    "at zero, so step 0 is exactly the original model.")
@@ -108,9 +114,10 @@ if job is None:
                 help="LoRA adds its A and B matrices to the model's own parameters.")
     m[2].metric("Share that trains", f"{counts['share']:.3%}")
     if mode == "lora":
-        st.caption(f"Adapters on {', '.join(sorted(counts['target_modules'])) if not isinstance(counts['target_modules'], str) else counts['target_modules']} "
-                   f"in each of the {n_layers} blocks. PEFT's own count: {counts['peft_count'][0]:,} trainable "
-                   f"of {counts['peft_count'][1]:,}.")
+        where = counts["target_modules"]
+        where = where if isinstance(where, str) else ", ".join(sorted(where))
+        st.caption(f"Adapters on {where} in each of the {n_layers} blocks. PEFT's own count: "
+                   f"{counts['peft_count'][0]:,} trainable of {counts['peft_count'][1]:,}.")
     if lm.spec.quantization != "none":
         st.warning("This model is loaded 8-bit/4-bit: fine-tuning here needs full weights. Load it with "
                    "quantization `none` in the sidebar.")

@@ -103,6 +103,14 @@ def comparator() -> None:
                                                                          "strategy's samples"),
         "distinct-2": st.column_config.NumberColumn(format="%.2f", help="distinct token pairs / pairs"),
         "text": st.column_config.TextColumn(width="large")})
+    cards = st.columns(2)
+    for i, o in enumerate(result.outputs):
+        with cards[i % 2].container(border=True):
+            sample = f" · sample {o.sample + 1}" if o.strategy.samples > 1 else ""
+            st.markdown(f"**{o.strategy.name}**{sample} · {o.length} tokens · log p {o.logprob:.2f} · "
+                        f"perplexity {o.perplexity:.2f}")
+            st.caption(o.strategy.describe())
+            st.text(lm.decode(result.prompt_ids[-8:]) + "▕" + lm.decode(o.token_ids))
     every = [o.token_ids for o in result.outputs]
     st.caption(f"Log p and perplexity are the model's own (temperature 1, no filter), so every strategy is "
                f"scored the same way. Over all {len(every)} outputs: distinct-1 {distinct_n(every, 1):.2f}, "
@@ -121,8 +129,8 @@ def comparator() -> None:
         picked = token_display(lm.token_strings([step.picked])[0])
         st.markdown(f"…{before!r} → **{picked}**  ·  {out.strategy.describe()}")
         m = st.columns(4)
-        m[0].metric("p (model)", f"{step.picked_p_model:.4f}")
-        m[1].metric("p (after filters)", f"{step.picked_p_filtered:.4f}")
+        m[0].metric("p (model)", f"{step.picked_p_model:.4g}")
+        m[1].metric("p (after filters)", f"{step.picked_p_filtered:.4g}")
         m[2].metric("Rank in the model", step.picked_rank + 1)
         m[3].metric("Tokens left by the filters", f"{step.kept:,}")
         st.altair_chart(ui.step_chart(ui.step_frame(lm, step)), width="stretch")

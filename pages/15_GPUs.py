@@ -50,17 +50,17 @@ st.markdown("The same multiplication three ways: a plain Python triple loop (one
             "`torch.matmul` (SIMD on every core through BLAS), and a large memory copy for the bandwidth.")
 if st.button("Measure this machine (a few seconds)", key="hw_measure"):
     with st.spinner("Multiplying and copying…"):
-        machine = ui.run_measurement("cpu")
-if machine is not None:
+        machine = ui.run_measurement()
+for m in machine or []:
     c = st.columns(4)
-    c[0].metric("Python loop", f"{machine.python_loop_gflops * 1e3:,.1f} MFLOP/s")
-    c[1].metric("torch.matmul", f"{machine.matmul_gflops:,.1f} GFLOP/s")
-    c[2].metric("Speed-up", f"×{machine.speedup_vs_python:,.0f}")
-    c[3].metric("Copy bandwidth", f"{machine.bandwidth_gbs:,.1f} GB/s")
-    st.altair_chart(ui.speed_chart(machine, core_gpus.find_gpu("H100")), width="stretch")
-    st.caption(f"{machine.device_name}, {machine.threads} threads; best of 5 timed runs. Figures move with "
-               "whatever else the machine is doing. The H100 bar is its datasheet peak, for scale.")
-else:
+    c[0].metric("Python loop", f"{m.python_loop_gflops * 1e3:,.1f} MFLOP/s")
+    c[1].metric(f"torch.matmul ({m.device})", f"{m.matmul_gflops:,.1f} GFLOP/s")
+    c[2].metric("Speed-up", f"×{m.speedup_vs_python:,.0f}")
+    c[3].metric(f"Copy bandwidth ({m.device})", f"{m.bandwidth_gbs:,.1f} GB/s")
+    st.altair_chart(ui.speed_chart(m, core_gpus.find_gpu("H100")), width="stretch")
+    st.caption(f"{m.device_name}, {m.threads} CPU threads; {m.matmul_dtype} matmul, best of 5 timed runs. Figures "
+               "move with whatever else the machine is doing. The H100 bar is its datasheet peak, for scale.")
+if not machine:
     st.info("Press the button to measure. Nothing runs until you do.")
 
 # ---------------------------------------------------------------- the planner
@@ -110,7 +110,7 @@ if config is not None:
         st.warning(str(exc))
 if plan is not None:
     m = st.columns(5)
-    m[0].metric("Parameters", f"{plan.parameters / 1e9:,.2f} B" if plan.parameters >= 1e8 else f"{plan.parameters / 1e6:,.1f} M",
+    m[0].metric("Parameters", f"{plan.parameters / 1e9:,.2f} B" if plan.parameters >= 1e9 else f"{plan.parameters / 1e6:,.1f} M",
                 help="Counted on the meta device from the config; tied embeddings once." if plan.tied_embeddings else None)
     m[1].metric(f"Weights ({dtype})", format_bytes(plan.weights_bytes))
     m[2].metric("KV cache", format_bytes(plan.kv_cache_bytes))
@@ -151,8 +151,8 @@ if plan is not None:
     if tokens > 0:
         secs = core_planner.training_seconds(plan.parameters, tokens, gpu, mfu, int(n_gpus))
         st.markdown(f"6ND = 6 × {plan.parameters:,.3g} × {tokens:,.3g} = **{core_planner.training_flops(plan.parameters, tokens):.3g} FLOPs**; "
-                    f"on {int(n_gpus)} × {gpu.name} at {mfu:.0%} MFU: **{format_duration(secs)}** "
-                    f"({secs / 86400:,.1f} days). Full training: 16 bytes per parameter (bf16 weights and gradients, "
+                    f"on {int(n_gpus)} × {gpu.name} at {mfu:.0%} MFU: **{format_duration(secs)}**"
+                    + (f" ({secs / 86400:,.1f} days)" if secs > 86400 else "") + ". Full training: 16 bytes per parameter (bf16 weights and gradients, "
                     "fp32 master weights, Adam m and v); LoRA: the frozen base plus 16 bytes per adapter weight "
                     "(q, k, v, o). Activations come on top.")
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from core.hardware import scaling as core_scaling
@@ -78,11 +77,7 @@ if runs:
                "character on Tiny Shakespeare, not comparable with the fits).")
 else:
     st.info("No runs of the training lab yet: train a small GPT on the Pre-training page and it appears here.")
-frame = pd.DataFrame(known)
-st.dataframe(frame[["name", "year", "parameters", "tokens", "tokens_per_parameter", "compute", "chinchilla_loss",
-                    "source"]].style.format({"parameters": "{:.3g}", "tokens": "{:.3g}", "tokens_per_parameter": "{:,.0f}",
-                                             "compute": "{:.2e}", "chinchilla_loss": "{:.3f}"}),
-             hide_index=True, width="stretch")
+st.dataframe(ui.known_table(known), hide_index=True, width="stretch")
 st.caption("Predicted loss from Chinchilla's fit, for orientation only: each model used its own data and tokenizer.")
 
 # ---------------------------------------------------------------- your own point

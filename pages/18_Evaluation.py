@@ -12,6 +12,7 @@ from core.models.capture import InputError
 from core.models.loading import ModelLoadError
 from ui import evaluate as ui
 from ui.explain import how_computed
+from ui.jobs import attached_job, job_controls, live_panel, start_job
 from ui.models import get_model, model_picker
 
 DEFAULT_TEXT = (
@@ -133,24 +134,32 @@ with st.expander("An example item"):
     st.markdown(f"**{items[0].context}** …")
     for j, e in enumerate(items[0].endings):
         st.markdown(f"{'ABCD'[j]}. {e}" + ("  ← correct" if j == items[0].label else ""))
-if st.button(f"Score the {len(items)} items with {lm.name}", key="eval_mc_run"):
-    st.session_state["eval_mc_for"] = lm.spec.key
-if st.session_state.get("eval_mc_for") == lm.spec.key:
-    with st.spinner(f"Scoring {len(items) * 4} endings…"):
-        mc = ui.mc_scores(lm.spec.key, lm)
-    n = len(mc.scores)
-    m = st.columns(3)
-    m[0].metric("Accuracy (summed)", f"{100 * mc.accuracy_summed:.1f}%",
-                help=f"{round(mc.accuracy_summed * n)}/{n} items")
-    m[1].metric("Accuracy (per token)", f"{100 * mc.accuracy_normalised:.1f}%",
-                help=f"{round(mc.accuracy_normalised * n)}/{n} items")
-    m[2].metric("Chance", f"{100 * mc.chance:.0f}%")
-    st.dataframe(ui.mc_table(mc), width="stretch", hide_index=True)
-    pick = st.selectbox("Look at one item", range(n), key="eval_mc_item",
-                        format_func=lambda i: f"{mc.scores[i].item.id}. {mc.scores[i].item.context[:70]}…")
-    st.dataframe(ui.mc_item_table(mc.scores[pick]), width="stretch", hide_index=True)
-    st.caption("Log-likelihoods in nats (natural log); closer to 0 = more likely. With 24 items one item is "
-               "4 percentage points: these are orientation figures, not a benchmark.")
+job = attached_job("mc")
+if st.button(f"Score the {len(items)} items with {lm.name}", key="eval_mc_run",
+             disabled=job is not None and job.snapshot().active):
+    job = start_job("mc", "multiple-choice", ui.mc_work(lm, items), title=f"Multiple choice · {lm.name}",
+                    total_steps=len(items))
+if job is not None:
+    job_controls(job, "eval_mc")
+    live_panel(job, lambda snap: st.caption(
+        f"{snap.metrics[-1]['correct (per token)']} of {snap.step} right so far (per token)" if snap.metrics
+        else "Loading the first item…"))
+    snap = job.snapshot()
+    mc = snap.result if snap.status == "finished" else None
+    if mc is not None:
+        n = len(mc.scores)
+        m = st.columns(3)
+        m[0].metric("Accuracy (summed)", f"{100 * mc.accuracy_summed:.1f}%",
+                    help=f"{round(mc.accuracy_summed * n)}/{n} items")
+        m[1].metric("Accuracy (per token)", f"{100 * mc.accuracy_normalised:.1f}%",
+                    help=f"{round(mc.accuracy_normalised * n)}/{n} items")
+        m[2].metric("Chance", f"{100 * mc.chance:.0f}%")
+        st.dataframe(ui.mc_table(mc), width="stretch", hide_index=True)
+        pick = st.selectbox("Look at one item", range(n), key="eval_mc_item",
+                            format_func=lambda i: f"{mc.scores[i].item.id}. {mc.scores[i].item.context[:70]}…")
+        st.dataframe(ui.mc_item_table(mc.scores[pick]), width="stretch", hide_index=True)
+        st.caption(f"{snap.title}. Log-likelihoods in nats (natural log); closer to 0 = more likely. With {n} "
+                   f"items one item is {100 / n:.0f} percentage points: orientation figures, not a benchmark.")
 
 how_computed(perplexity.perplexity_of_ids, perplexity.plan_windows, divergence.next_token_kl,
              multiple_choice.ending_log_likelihoods,

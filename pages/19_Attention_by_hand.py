@@ -84,10 +84,10 @@ with tab_model:
         result = X.check(exercise, typed)
         if checked:
             ui.show_check(result, exercise)
-            st.markdown("The model's own attention weights for this head and token: "
-                        + ", ".join(f"**{X.fmt(w, 4)}**" for w in m.model_weights.tolist())
-                        + f" (softmax by hand differs by at most {m.max_weight_difference:.1e}).")
-        ui.show_solution(exercise, expanded=checked and result.complete)
+        own = ("The model's own attention weights for this head and token: "
+               + ", ".join(f"**{X.fmt(w, 4)}**" for w in m.model_weights.tolist())
+               + f" (the softmax by hand differs from them by at most {m.max_weight_difference:.1e}).")
+        ui.show_solution(exercise, expanded=checked and result.complete, note=own)
 
 how_computed(X.dot, X.softmax, X.weighted_sum, X.check, X.model_attention,
              command=f"python -m core by-hand {lm.spec.cli()} --text {shlex.quote(st.session_state.get('abh_text', 'The cat sat'))} "

@@ -255,10 +255,13 @@ def test_page_renders_every_step():
 
 
 def test_page_reward_run_and_ppo_step():
-    at = run_page(PAGE, rlhf_step="2 · Reward model", rlhf_rm_steps=5)
+    at = run_page(PAGE)
+    at.segmented_control(key="rlhf_step").set_value("2 · Reward model").run()
+    at.number_input(key="rlhf_rm_steps").set_value(5).run()
     at.button(key="rlhf_start_rm").click().run()
     assert_clean(at)
-    job = REGISTRY.get(at.query_params["rm"][0] if isinstance(at.query_params["rm"], list) else at.query_params["rm"])
+    job_id = at.query_params["rm"]
+    job = REGISTRY.get(job_id[0] if isinstance(job_id, list) else job_id)
     assert job is not None
     job.wait(120)
     at.run()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from core.cli import main
+from core.jobs import REGISTRY
 from core.evaluate import divergence as D
 from core.evaluate import multiple_choice as MC
 from core.evaluate.perplexity import check_window, perplexity, plan_windows, window_nll
@@ -207,7 +208,13 @@ def test_page_multiple_choice_and_kl_on_button_press():
     assert not any(m.label.startswith("Accuracy") for m in at.metric)  # nothing scored on first paint
     at.button(key="eval_mc_run").click().run()
     assert_clean(at)
-    assert any(m.label.startswith("Accuracy") for m in at.metric)
+    job = REGISTRY.jobs(kind="multiple-choice")[-1]
+    snap = job.wait(300)
+    assert snap.status == "finished" and snap.step == len(MC.load_items())
+    at.run()
+    assert_clean(at)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Accuracy (per token)"] == f"{100 * snap.result.accuracy_normalised:.1f}%"
     at.selectbox(key="eval_kl_other").set_value("tiny-llama").run()
     at.button(key="eval_kl_run").click().run()
     assert_clean(at)

@@ -181,8 +181,8 @@ def test_adapter_checkpoint_round_trip_is_exact(load, tmp_path):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     store.save_checkpoint(tmp_path, model, opt, {"step": 3, "metrics": [], "before": None, "seconds": 0}, "lora")
     fresh = working_copy(lm, cfg).eval()
-    state = store.load_checkpoint(tmp_path, fresh, torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad]),
-                                  base=lm.spec.source, mode="lora")
+    fresh_opt = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad])
+    state = store.load_checkpoint(tmp_path, fresh, fresh_opt, base=lm.spec.source, mode="lora")
     ids = torch.tensor([lm.encode("Hello there")])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, fresh(ids).logits)
@@ -277,7 +277,6 @@ def test_embedded_lora_count_and_loss_falls(embedded, tmp_path):
     cfg = FinetuneConfig(mode="lora", lora_r=8, lora_targets="q,v", learning_rate=2e-3, steps=8, batch_size=4,
                          max_new_tokens=2, eval_every=8, checkpoint_every=100)
     assert preview(embedded.config, cfg)["trainable"] == 460_800
-    examples = fd.load_instructions()
-    _, result = run(embedded, cfg, tmp_path / "emb", [e for e in examples if e.split == "train"] + examples[-1:])
+    _, result = run(embedded, cfg, tmp_path / "emb", fd.load_instructions())
     assert result.trainable == 460_800
     assert result.val_loss_end < result.val_loss_start

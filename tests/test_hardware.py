@@ -281,7 +281,8 @@ def test_gpu_page_measures_and_plans():
     at.button(key="hw_measure").click().run()
     assert_clean(at)
     labels = {m.label: m.value for m in at.metric}
-    assert "torch.matmul" in labels and "GFLOP/s" in labels["torch.matmul"]
+    assert "GFLOP/s" in labels["torch.matmul (cpu)"] and "GB/s" in labels["Copy bandwidth (cpu)"]
+    assert any("this machine (measured, cpu)" in str(v) for v in at.dataframe[0].value["accelerator"])
     at.number_input(key="hw_seq").set_value(0).run()
     assert any("at least 1 token" in w.value for w in at.warning)
     at.radio(key="hw_source").set_value("paste a config.json").run()

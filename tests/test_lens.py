@@ -180,15 +180,28 @@ def test_page_runs_the_command_it_shows():
 
 
 def test_page_position_follows_a_shorter_text():
-    """Issue 9: the Position box kept a position of an earlier, longer text while the page tracked another."""
-    long_text = "word " * 40
-    at = run_page("pages/7_Logit_lens.py", "tiny-llama", lens_text=long_text)
+    """Issue 9: the Position box kept a position of an earlier, longer text while the page tracked another.
+
+    The browser keeps showing its own value of a keyed widget unless the server sends one (`set_value`):
+    forgetting the stale value on the server alone left `255·␣over` on screen."""
+    at = run_page("pages/7_Logit_lens.py", "tiny-llama", lens_text="word " * 40)
     assert_clean(at)
-    box = at.selectbox(key="lens_position")
-    box.set_value(max(box.options and range(len(box.options)))).run()
+    at.selectbox(key="lens_position").set_value(30).run()
     at.text_area(key="lens_text").set_value("The cat sat").run()
     assert_clean(at)
     box = at.selectbox(key="lens_position")
     n = len(box.options)
-    assert at.session_state["lens_position"] == n - 1  # the new text's last position, set for the browser too
-    assert box.value == n - 1
+    assert box.value == n - 1  # the new text's last position
+    assert box.proto.set_value and box.proto.raw_value == box.options[-1]  # ...sent to the browser too
+
+
+def test_first_top_layer():
+    """The first layer from which the tracked token stays the top prediction (None if it is not at the end)."""
+    ranks = torch.tensor([[5, 1, 3], [1, 1, 2], [2, 1, 1], [1, 1, 1]])  # [layers + 1, positions]
+    lens = L.LogitLens(torch.arange(3), torch.zeros(4, 3, 1, dtype=torch.long), torch.zeros(4, 3, 1),
+                       torch.tensor([7, 8, -1]), ranks, torch.zeros(4, 3), "model.norm")
+    assert lens.first_top_layer(0) == 3  # top at layer 1, lost at 2, top again from 3 on
+    assert lens.first_top_layer(1) == 0
+    assert lens.first_top_layer(2) is None  # nothing tracked there
+    lens.target_ranks[-1, 0] = 2
+    assert lens.first_top_layer(0) is None  # not the top prediction at the last layer

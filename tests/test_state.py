@@ -206,3 +206,68 @@ def test_architecture_hub_box_refuses_local_paths(path):
     assert_clean(at)
     assert "not a Hugging Face Hub id" in at.error[0].value
     assert "remote code" not in at.error[0].value
+
+
+# ---------------------------------------------------------------- the command each page shows gives its numbers
+
+
+def shown_commands(at) -> list[list[str]]:
+    """The `python -m core ...` lines of the page's "How this was computed", as argv lists."""
+    import shlex
+
+    lines = [line for c in at.code if c.language == "bash" for line in c.value.splitlines()]
+    assert lines and all(line.startswith("python -m core ") for line in lines), lines
+    return [shlex.split(line)[3:] for line in lines]
+
+
+def run_cli(capsys, argv: list[str]) -> dict:
+    from core.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_home_command_gives_the_card(capsys):
+    at = run_page("Home.py", "tiny-qwen2")
+    (argv,) = shown_commands(at)
+    card = run_cli(capsys, argv)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Parameters"] == f"{card['parameters'] / 1e6:,.1f} M"
+    assert metrics["Heads / KV heads"] == f"{card['heads']} / {card['kv_heads']}"
+    assert metrics["Vocabulary"] == f"{card['vocab_size']:,}"
+
+
+def test_parameters_commands_give_the_page_numbers(capsys):
+    at = run_page("pages/2_Parameters.py", "tiny-gpt2")
+    params_argv, weights_argv = shown_commands(at)
+    counts = run_cli(capsys, params_argv)
+    total = counts["total"] if "total" in counts else counts["counts"]["total"]
+    assert {m.label: m.value for m in at.metric}["Parameters"].replace(",", "") in (
+        f"{total / 1e6:.1f} M", str(total))
+    stats = run_cli(capsys, weights_argv)
+    table = at.dataframe[1].value
+    row = table[table["name"] == "transformer.h.1.attn.c_attn.weight"].iloc[0]
+    assert stats["layers"]["1"]["attn.c_attn"]["frobenius"] == pytest.approx(row["L2 norm"], rel=1e-9)
+
+
+def test_weights_command_gives_the_metrics(capsys):
+    at = run_page("pages/6_Weights.py", "tiny-llama")
+    at.select_slider(key="w_layer").set_value(1).run()
+    (argv,) = shown_commands(at)
+    assert argv[argv.index("--layer") + 1] == "1"  # the command follows the chosen matrix
+    out = run_cli(capsys, argv)
+    q = out["layers"]["1"]["self_attn.q_proj"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Frobenius norm"] == f"{q['frobenius']:.4g}"
+    assert metrics["Max |w|"] == f"{q['max_abs']:.4g}"
+
+
+def test_architecture_command_gives_the_metrics(capsys):
+    at = run_page(ARCH, "tiny-llama")
+    (argv,) = shown_commands(at)
+    out = run_cli(capsys, argv)
+    metrics = {m.label: m.value for m in at.metric}
+    kv = out["kv_cache_per_token"]
+    assert metrics[f"KV cache per token ({kv['dtype'] if 'dtype' in kv else 'float32'})"] == f"{kv['bytes']:,.0f} B"
+    assert metrics["Heads / KV heads"] == f"{out['features']['heads']} / {out['features']['kv_heads']}"

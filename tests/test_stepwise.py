@@ -363,3 +363,33 @@ def test_page_in_bfloat16_states_the_relative_error_and_where():
     banner = next(i.value for i in at.info if "runs in bfloat16" in i.value)
     assert "float32 reference" in banner and "‖Δ‖ / ‖model‖" in banner and "largest at **" in banner
     assert "%" in banner.split("differ from it by", 1)[1].split("at most", 1)[0]
+
+
+def test_page_shows_markdown_tokens_literally():
+    """Issue 9: token text renders literally: `**`, `$` and backticks are escaped wherever a token is written."""
+    import re
+
+    at = run_page(PAGE, "tiny-llama", fp_text="Say **bold** $x^2$ `")
+    assert_clean(at)
+    caption = next(c.value for c in at.caption if c.value.startswith("RMSNorm"))
+    token = caption.split("following token **", 1)[1].split("** (in the sidebar", 1)[0]
+    assert token.endswith("`") and not re.search(r"(?<!\\)[`$*]", token)
+    for md in [m.value for m in at.markdown if m.value.startswith("Most likely after")]:
+        label = md.split("Most likely after ", 1)[1].split(": **", 1)[0]
+        assert not re.search(r"(?<!\\)[`$*]", label)
+
+
+def test_mlp_norm_statistics_use_the_mlp_norms_epsilon():
+    """The MLP norm's rms is sqrt(mean(x'^2) + eps of post_attention_layernorm), not of the attention norm."""
+    from core.models.loading import load_model
+
+    lm = load_model("tiny-llama")  # a private copy: its epsilons are changed below
+    block = lm.model.get_submodule(sw.anatomy(lm).layer_names[0])
+    block.input_layernorm.variance_epsilon = 1e-6
+    block.post_attention_layernorm.variance_epsilon = 0.5
+    cap = run_forward(lm, TEXT)
+    steps = sw.layer_by_hand(lm, 0, cap.hidden_states[0])
+    x = steps.hidden_after_attn
+    torch.testing.assert_close(steps.extras["mlp_norm_rms"], torch.sqrt(x.pow(2).mean(-1) + 0.5))
+    x0 = steps.layer_input
+    torch.testing.assert_close(steps.extras["attn_norm_rms"], torch.sqrt(x0.pow(2).mean(-1) + 1e-6))

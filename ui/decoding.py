@@ -109,5 +109,7 @@ def tree_chart(nodes: pd.DataFrame, edges: pd.DataFrame) -> alt.LayerChart:
     text = alt.Chart(nodes).mark_text(align="left", dx=7, fontSize=11).encode(
         x="step:Q", y=y, text="token:N",
         color=alt.condition("datum.best", alt.value("#e8590c"), alt.value("#495057")))
-    height = max(160, 34 * (int(nodes["y"].max()) + 1) if len(nodes) else 160)
-    return alt.layer(lines, points, text).properties(height=height, width="container")
+    rows = int(nodes["y"].max()) + 1 if len(nodes) else 1
+    # pad: the height is the plot area's, not squeezed by the axes and the legend
+    return alt.layer(lines, points, text).properties(height=max(160, 36 * rows), width="container",
+                                                     autosize=alt.AutoSizeParams(type="pad"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import altair as alt
 import pandas as pd
@@ -10,6 +11,7 @@ import streamlit as st
 
 from core.evaluate import divergence, perplexity as ppl
 from core.evaluate import multiple_choice as mc
+from core.jobs import Job
 from core.models.capture import token_display
 from core.models.loading import EMBEDDED, TINY_SOURCES, LoadedModel, ModelSpec
 from core.train.runs import saved_models
@@ -22,9 +24,21 @@ def perplexity_of(model_key: str, text: str, window: int, stride: int, _lm: Load
     return ppl.perplexity(_lm, text, window, stride)
 
 
-@st.cache_data(show_spinner=False, max_entries=8, ttl=3600)
-def mc_scores(model_key: str, _lm: LoadedModel) -> mc.MCResult:
-    return mc.score_items(_lm)
+def mc_work(lm: LoadedModel, items: list[mc.Item]) -> Callable[[Job], mc.MCResult]:
+    """The background job that scores the items (a worker thread: no st.* calls in here)."""
+    def work(job: Job) -> mc.MCResult:
+        correct = [0, 0]
+
+        def progress(done: int, total: int, scores: list[mc.ItemScore]) -> None:
+            s = scores[-1]
+            correct[0] += s.pick_summed == s.item.label
+            correct[1] += s.pick_normalised == s.item.label
+            job.report(step=done, metrics={"item": done, "correct (sum)": correct[0],
+                                           "correct (per token)": correct[1]})
+            job.tick()  # pause / stop between items
+
+        return mc.score_items(lm, items, progress=progress)
+    return work
 
 
 @st.cache_data(show_spinner=False, max_entries=16, ttl=3600)
@@ -89,9 +103,9 @@ def windows_chart(result: ppl.PerplexityResult) -> alt.Chart:
                 axis=alt.Axis(values=list(range(1, n + 1)) if n <= 20 else None, format="d")),
         y2="y1:Q",
         color=alt.Color("part:N", scale=alt.Scale(domain=["context only", "scored"], range=["#c6dbef", "#2171b5"]),
-                        legend=alt.Legend(orient="top", title=None)),
+                        legend=alt.Legend(title=None)),
         tooltip=[alt.Tooltip("pass:O", title="forward pass"), "part:N", "tokens:N"],
-    ).properties(height=min(300, 24 * n + 30))
+    ).properties(height=min(360, 34 * n + 70))
 
 
 def nll_chart(result: ppl.PerplexityResult) -> alt.Chart:
@@ -122,7 +136,8 @@ def kl_chart(result: divergence.KLResult, q_tokens: list[str], p_tokens: list[st
         "agree": ["yes" if a == b else "no" for a, b in zip(result.top1_p, result.top1_q)],
     })
     return alt.Chart(df).mark_bar().encode(
-        x=alt.X("position:Q", title="position (the next token is predicted here)"),
+        x=alt.X("position:Q", title="position (the next token is predicted here)",
+                scale=alt.Scale(domain=[-0.5, len(result.ids) - 0.5], nice=False)),
         y=alt.Y("kl:Q", title="KL(P‖Q) nats"),
         color=alt.Color("agree:N", title="same top-1", scale=alt.Scale(domain=["yes", "no"],
                                                                        range=["#4c78a8", "#e45756"])),

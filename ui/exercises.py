@@ -72,12 +72,14 @@ def show_check(result: X.CheckResult, exercise: X.Exercise) -> None:
             + "\n".join(lines))
 
 
-def show_solution(exercise: X.Exercise, expanded: bool) -> None:
+def show_solution(exercise: X.Exercise, expanded: bool, note: str | None = None) -> None:
     with st.expander("Worked solution", expanded=expanded):
         for n, step in enumerate(exercise.steps, 1):
             st.markdown(f"{n}. {step.text}  \n&nbsp;&nbsp;&nbsp;→ `{step.result}`")
         st.markdown("Answer: " + ", ".join(f"{lab} = **{X.fmt(a, 4)}**" for lab, a in zip(exercise.labels,
                                                                                          exercise.answers)))
+        if note:
+            st.markdown(note)
 
 
 def exercise_block(kind: str, explanation: str) -> None:
@@ -114,7 +116,7 @@ def vectors_table(m: X.ModelAttention, labels: list[str]) -> pd.DataFrame:
         data[f"k{j + 1} ({labels[j]})"] = m.keys[j].numpy()
     for j in range(3):
         data[f"q·k{j + 1} terms"] = (m.q * m.keys[j]).numpy()
-    df = pd.DataFrame(data)
+    df = pd.DataFrame(data, index=range(1, m.head_dim + 1))
     df.index.name = "dim"
     return df
 

@@ -18,6 +18,7 @@ from core.train.finetune import FinetuneConfig, default_lora_targets, finetune, 
 from ui.jobs import start_job
 
 JOB_PARAM = "finetune"  # the URL key holding the run's job id
+NO_TEXT = "(no text: an end-of-turn or other special token came first)"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -84,7 +85,7 @@ def start(lm: LoadedModel, cfg: FinetuneConfig, run_name: str, extra_prompts: tu
 
 @st.cache_data(show_spinner=False, ttl=5)
 def resumable_runs(source: str) -> list[dict[str, Any]]:
-    return [r for r in store.finetune_runs(base=source)]
+    return store.finetune_runs(base=source)
 
 
 # ---------------------------------------------------------------- the live panel
@@ -111,7 +112,7 @@ def answers_frame(snap: JobSnapshot) -> pd.DataFrame | None:
     if not before:
         return None
     pending = "… (after the run)" if snap.active else "—"
-    return pd.DataFrame([{"prompt": p, "before": b or "(empty)", "after": after.get(p, pending) or "(empty)"}
+    return pd.DataFrame([{"prompt": p, "before": b or NO_TEXT, "after": after.get(p, pending) or NO_TEXT}
                          for p, b in before.items()])
 
 

@@ -14,10 +14,11 @@ import pandas as pd
 import streamlit as st
 
 from core.inspect import stepwise as sw
-from core.models.capture import Capture, token_display
+from core.models.capture import Capture
 from core.models.loading import LoadedModel
 from ui.charts import heatmap_image
 from ui.forward import activation_formula, check, key_window, step, vectors
+from ui.text import md, token_md
 
 
 @dataclass
@@ -50,7 +51,8 @@ class View:
 
     @property
     def tok(self) -> str:
-        return self.cap.labels[self.pos].split("·", 1)[1]
+        """The followed token, whitespace made visible, safe for Markdown."""
+        return token_md(self.cap.tokens[self.pos])
 
 
 def head_images(weights, a: sw.Anatomy, labels: list[str]) -> None:
@@ -67,7 +69,7 @@ def head_images(weights, a: sw.Anatomy, labels: list[str]) -> None:
             for col, h in zip(cols, heads[start:start + per_row]):
                 col.image(heatmap_image(np.asarray(weights[h]), scale=scale, vmin=0.0, vmax=1.0),
                           caption=f"head {h} · KV {a.kv_head_of(h)}" if a.gqa else f"head {h}")
-    st.caption(f"Rows are queries, columns keys ({labels[0]} … {labels[-1]}); yellow = weight 1, purple = 0.")
+    st.caption(f"Rows are queries, columns keys ({md(labels[0])} … {md(labels[-1])}); yellow = weight 1, purple = 0.")
 
 
 def norm_step(v: View) -> None:
@@ -151,7 +153,8 @@ def attention_weight_steps(v: View) -> None:
     heads = [f"head {h}" for h in range(a.n_heads)]
     key_labels = [labels[j] for j in keys]
     scores = pd.DataFrame(np.asarray(steps.scores[:, pos, keys.start:keys.stop]), index=heads, columns=key_labels)
-    st.caption(f"Scores of query {labels[pos]} against keys {labels[keys.start]} … {labels[keys.stop - 1]}.")
+    st.caption(f"Scores of query {md(labels[pos])} against keys {md(labels[keys.start])} … "
+               f"{md(labels[keys.stop - 1])}.")
     st.dataframe(scores.round(3), width="stretch")
 
     window = f" and sliding window {steps.sliding_window}" if steps.sliding_window else ""
@@ -226,6 +229,3 @@ def mlp_steps(v: View) -> None:
     target = "the last block's output (hooked)" if layer == a.n_layers - 1 else f"hidden_states[{layer + 1}]"
     v.checks.later(lambda p: check(f"Layer {layer}", p.per_layer[layer], lm, target))
 
-
-def token_text(cap: Capture, pos: int) -> str:
-    return token_display(cap.tokens[pos])

@@ -9,7 +9,7 @@ from transformers import PretrainedConfig
 
 from core.hardware import gpus as core_gpus
 from core.hardware import planner as core_planner
-from core.hardware.measure import Measurement, measure
+from core.hardware.measure import Measurement, devices, measure
 from core.models.loading import LoadedModel, ModelLoadError, hub_config
 from core.units import format_bytes
 
@@ -21,13 +21,13 @@ def gpu_frame() -> pd.DataFrame:
     return pd.DataFrame(core_gpus.table_rows())
 
 
-def table_with_machine(frame: pd.DataFrame, m: Measurement | None) -> pd.DataFrame:
-    """The datasheet rows plus, once measured, this machine (fp32 matmul: a CPU has no tensor cores)."""
+def table_with_machine(frame: pd.DataFrame, measured: list[Measurement] | None) -> pd.DataFrame:
+    """The datasheet rows plus, once measured, this machine (CPU: fp32 matmul, no tensor cores)."""
     shown = frame.drop(columns=["notes", "source"]).copy()
-    if m is not None:
+    for m in measured or []:
         row = {"name": f"this machine (measured, {m.device})", "year": None, "class": "this machine", "memory_gb": None,
                "bandwidth_gbs": round(m.bandwidth_gbs, 1), "bf16_tflops": None, "fp16_tflops": None,
-               "fp8_tflops": None, "tdp_w": None, "fp32_tflops_measured": m.matmul_gflops / 1e3}
+               "fp8_tflops": None, "tdp_w": None, f"{m.matmul_dtype}_tflops_measured": m.matmul_gflops / 1e3}
         shown = pd.concat([shown, pd.DataFrame([row])], ignore_index=True)
     return shown
 
@@ -35,7 +35,8 @@ def table_with_machine(frame: pd.DataFrame, m: Measurement | None) -> pd.DataFra
 COLUMN_LABELS = {"name": "accelerator", "year": "year", "class": "class", "memory_gb": "memory (GB)",
                  "bandwidth_gbs": "bandwidth (GB/s)", "bf16_tflops": "BF16 dense TFLOPS",
                  "fp16_tflops": "FP16 dense TFLOPS", "fp8_tflops": "FP8 dense TFLOPS", "tdp_w": "TDP (W)",
-                 "fp32_tflops_measured": "fp32 matmul TFLOPS (measured)"}
+                 "float32_tflops_measured": "fp32 matmul TFLOPS (measured)",
+                 "bfloat16_tflops_measured": "bf16 matmul TFLOPS (measured, GPU)"}
 
 
 def styled_table(shown: pd.DataFrame) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def styled_table(shown: pd.DataFrame) -> pd.DataFrame:
     for col in out.columns:
         if col in ("accelerator", "class"):
             continue
-        digits = 3 if col == COLUMN_LABELS["fp32_tflops_measured"] else 0
+        digits = 3 if "measured" in col else 0
         fmt = "{:.0f}" if col == "year" else f"{{:,.{digits}f}}"
         out[col] = out[col].map(lambda v, f=fmt: "—" if pd.isna(v) else f.format(v))
     return out
@@ -54,7 +55,7 @@ def rate(tokens_per_s: float) -> str:
     """A throughput short enough for a metric: 3.68M tok/s, 10.6k tok/s, 21.4 tok/s."""
     for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if tokens_per_s >= div:
-            return f"{tokens_per_s / div:,.2f}{unit} tok/s"
+            return f"{tokens_per_s / div:,.1f}{unit} tok/s"
     return f"{tokens_per_s:,.1f} tok/s"
 
 
@@ -83,15 +84,15 @@ def growth_chart(long: pd.DataFrame) -> alt.FacetChart:
                                                            ).resolve_scale(y="independent")
 
 
-def run_measurement(device: str = "cpu") -> Measurement | None:
-    """Measure now (a few seconds) and keep the result in the session."""
+def run_measurement() -> list[Measurement] | None:
+    """Measure the CPU (and the GPU where there is one) now, a few seconds; keep the results in the session."""
     try:
-        m = measure(device)
+        found = [measure(device) for device in devices()]
     except ValueError as exc:
         st.warning(str(exc))
         return None
-    st.session_state[MEASURE_KEY] = m
-    return m
+    st.session_state[MEASURE_KEY] = found
+    return found
 
 
 def speed_chart(m: Measurement, gpu: core_gpus.Accelerator | None) -> alt.Chart:

@@ -23,8 +23,8 @@ def lab_work(lm: LoadedModel, variants: list[str]):
     def work(job: Job) -> list[dict[str, Any]]:
         try:
             return [r.as_dict() for r in core_quant.run_lab(lm, variants, job)]
-        except ValueError as exc:
-            raise JobError(str(exc)) from exc
+        except (ValueError, OSError) as exc:  # bad variants, weights that cannot be read or fetched
+            raise JobError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     return work
 
 

@@ -27,12 +27,13 @@ def isoflop_chart(budget: float) -> alt.LayerChart:
     budgets = sorted(set(BUDGETS) | {budget})
     rows, optima = [], []
     for c in budgets:
-        label = f"{c:.0e}" + (" (yours)" if c == budget else "")
+        label = f"{c:.3g}" + (" (yours)" if c == budget else "")
         rows += [{**r, "budget": label} for r in core_scaling.loss_along_budget(c, points=50, span=3.0)]
         a = core_scaling.chinchilla_optimal(c)
         optima.append({"parameters": a.parameters, "loss": a.loss, "budget": label, "tokens": a.tokens})
     curves = alt.Chart(pd.DataFrame(rows)).mark_line().encode(
-        x=alt.X("parameters:Q", scale=alt.Scale(type="log"), title="parameters N (log)"),
+        x=alt.X("parameters:Q", scale=alt.Scale(type="log"), title="parameters N (log; G = billion)",
+                axis=alt.Axis(format="~s")),
         y=alt.Y("loss:Q", scale=alt.Scale(zero=False), title="predicted loss (nats/token)"),
         color=alt.Color("budget:N", sort=None, title="C (FLOPs)", scale=alt.Scale(scheme="viridis")),
         tooltip=["budget", alt.Tooltip("parameters:Q", format=".3s"), alt.Tooltip("tokens:Q", format=".3s"),
@@ -56,8 +57,10 @@ def placement_chart(known: list[dict], runs: list[dict], budget_points: list[dic
     """Parameters against training tokens, log-log: the three rules as lines, known models and lab runs as dots."""
     lines_frame = frontier_rows(1e12 if runs else 1e17)
     lines = alt.Chart(lines_frame).mark_line(strokeDash=[5, 3]).encode(
-        x=alt.X("parameters:Q", scale=alt.Scale(type="log"), title="parameters N (log)"),
-        y=alt.Y("tokens:Q", scale=alt.Scale(type="log"), title="training tokens D (log)"),
+        x=alt.X("parameters:Q", scale=alt.Scale(type="log"), title="parameters N (log; G = billion)",
+                axis=alt.Axis(format="~s")),
+        y=alt.Y("tokens:Q", scale=alt.Scale(type="log"), title="training tokens D (log; T = trillion)",
+                axis=alt.Axis(format="~s")),
         color=alt.Color("rule:N", title="compute-optimal by", scale=alt.Scale(scheme="set2")),
         detail="rule:N", tooltip=["rule", alt.Tooltip("compute:Q", format=".2e")])
     points = pd.DataFrame([{**k, "kind": "published model"} for k in known]
@@ -69,7 +72,7 @@ def placement_chart(known: list[dict], runs: list[dict], budget_points: list[dic
         fill=alt.value("#333"),
         tooltip=["name", "kind", alt.Tooltip("parameters:Q", format=".3s"), alt.Tooltip("tokens:Q", format=".3s"),
                  alt.Tooltip("compute:Q", format=".2e")])
-    labels = alt.Chart(points).mark_text(dx=7, dy=-5, align="left", fontSize=10).encode(
+    labels = alt.Chart(points[points["kind"] != "your budget"]).mark_text(dx=7, dy=-5, align="left", fontSize=10).encode(
         x="parameters:Q", y="tokens:Q", text="name")
     return (lines + dots + labels).properties(height=400)
 
@@ -78,3 +81,11 @@ def placement_chart(known: list[dict], runs: list[dict], budget_points: list[dic
 def lab_runs() -> list[dict]:
     """Runs of the training lab; re-read at most every 30 s (a run in progress adds points)."""
     return core_scaling.training_runs()
+
+
+def known_table(known: list[dict]) -> pd.DataFrame:
+    """Published models as display text (figures this large overflow a browser's integer columns)."""
+    return pd.DataFrame([{"model": k["name"], "year": str(k["year"]), "parameters": human(k["parameters"]),
+                          "tokens": human(k["tokens"]), "tokens / parameter": f"{k['tokens_per_parameter']:,.0f}",
+                          "compute 6ND (FLOPs)": f"{k['compute']:.2e}",
+                          "Chinchilla loss": f"{k['chinchilla_loss']:.3f}", "source": k["source"]} for k in known])

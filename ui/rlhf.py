@@ -125,11 +125,12 @@ def sft_step(lm: LoadedModel) -> None:
     c1.metric("SFT loss on the polite answer", f"{l_c:.3f} nats/token", help=pair.chosen)
     c2.metric("SFT loss on the rude answer", f"{l_r:.3f} nats/token", help=pair.rejected)
     st.caption(f"Polite: {pair.chosen}  \nRude: {pair.rejected}")
-    rows = [{"answer": "polite", "position": i, "token": t, "-log p": v} for i, (t, v) in enumerate(zip(tok_c, nll_c))]
-    rows += [{"answer": "rude", "position": i, "token": t, "-log p": v} for i, (t, v) in enumerate(zip(tok_r, nll_r))]
+    rows = [{"answer": "polite", "position": i, "token": t, "nll": v} for i, (t, v) in enumerate(zip(tok_c, nll_c))]
+    rows += [{"answer": "rude", "position": i, "token": t, "nll": v} for i, (t, v) in enumerate(zip(tok_r, nll_r))]
     chart = alt.Chart(pd.DataFrame(rows), title="Per-token loss −log π(yₜ | x, y<ₜ)").mark_bar().encode(
-        x=alt.X("position:O"), y=alt.Y("-log p:Q"), color=alt.Color("answer:N", legend=alt.Legend(orient="bottom")),
-        xOffset="answer:N", tooltip=["answer", "token", alt.Tooltip("-log p:Q", format=".3f")]).properties(height=220)
+        x=alt.X("position:O", title="answer token"), y=alt.Y("nll:Q", title="−log p (nats)"),
+        color=alt.Color("answer:N", title=None, legend=alt.Legend(orient="top")), xOffset="answer:N",
+        tooltip=["answer", "token", alt.Tooltip("nll:Q", format=".3f", title="−log p")]).properties(height=240)
     st.altair_chart(chart, width="stretch")
     st.markdown(f"**The model's own answer** (greedy): {answers(lm.spec.key, (prompt,), 40, lm)[0] or '(empty)'}")
     st.caption("SFT teaches imitation, not preference: it never sees a *bad* answer. The next steps use "
@@ -244,7 +245,7 @@ def ppo_step(lm: LoadedModel) -> None:
         y="lo:Q", y2="hi:Q")
     points = alt.Chart(df).mark_circle(size=70).encode(
         x=alt.X("position:O", title="completion token"), y=alt.Y("ratio:Q", title="ρₜ", scale=alt.Scale(zero=False)),
-        color=alt.condition(f"datum.term != datum.surrogate", alt.value("#d62728"), alt.value("#1f77b4")),
+        color=alt.condition("datum.term != datum.surrogate", alt.value("#d62728"), alt.value("#1f77b4")),
         tooltip=["token", alt.Tooltip("ratio:Q", format=".4f"), alt.Tooltip("term:Q", format=".4f")])
     st.altair_chart((band + points).properties(height=220, title="Ratios and the clip band [1−ε, 1+ε]"),
                     width="stretch")

@@ -132,8 +132,9 @@ def ending_log_likelihoods(lm: LoadedModel, context: str, endings: Sequence[str]
 
 
 def score_items(lm: LoadedModel, items: Sequence[Item] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> MCResult:
-    """Score every item (one batched forward pass per item); `progress(done, total)` after each."""
+                progress: Callable[[int, int, list[ItemScore]], None] | None = None) -> MCResult:
+    """Score every item (one batched forward pass per item); `progress(done, total, scores so far)` after each
+    (a background job reports and checks for a stop there)."""
     items = list(items if items is not None else load_items())
     if not items:
         raise InputError("There are no items to score.")
@@ -144,5 +145,5 @@ def score_items(lm: LoadedModel, items: Sequence[Item] | None = None,
             raise InputError(f"Item {item.id}: the model produced a non-finite log-likelihood.")
         scores.append(ItemScore(item, summed, counts))
         if progress is not None:
-            progress(k + 1, len(items))
+            progress(k + 1, len(items), scores)
     return MCResult(scores)

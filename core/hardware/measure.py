@@ -120,3 +120,8 @@ def measure(device: str = "cpu", matmul_n: int = 1024, loop_n: int = 64, copy_mi
                        copy_bytes=copy_mib * 2**20, bandwidth_gbs=bw, speedup_vs_python=mm / loop)
 
 
+
+
+def devices() -> list[str]:
+    """What can be measured here: the CPU, and the GPU where CUDA sees one."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

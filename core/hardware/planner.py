@@ -115,10 +115,12 @@ def plan(config: PretrainedConfig, gpu: Accelerator, dtype: str = "bf16", seq: i
     per_token = kv_bytes_per_token(config, dtype)
     kv = int(per_token * seq * batch)
     total = weights + kv
-    peak = gpu.peak_flops("fp8" if dtype in ("int8", "4bit") and gpu.fp8_tflops else "bf16")
-    peak_label = gpu.peak_source("fp8" if dtype in ("int8", "4bit") and gpu.fp8_tflops else "bf16")
+    # Weight-only quantization (bitsandbytes, GGUF) dequantizes to 16 bits before each matmul: the 16-bit peak.
+    peak, peak_label = gpu.peak_flops("bf16"), gpu.peak_source("bf16")
     if dtype == "fp32":  # no fp32 tensor figure in the table: plain fp32 runs at a small fraction of it
         peak_label += " (fp32 weights would run slower: the table has no fp32 tensor figure)"
+    elif dtype in ("int8", "4bit"):
+        peak_label += " (weight-only quantization: weights are dequantized to 16 bits for the matmul)"
     flops_per_token = 2 * parameters
     prefill = peak / flops_per_token
     # One decode step reads every weight once plus the cache of every sequence (at its full length).

@@ -30,6 +30,7 @@ import torch
 
 from core.models.loading import (
     EMBEDDED,
+    EMBEDDED_HUB_ID,
     TINY_SOURCES,
     LoadedModel,
     ModelSpec,
@@ -78,9 +79,8 @@ def weights_folder(lm: LoadedModel) -> str:
     source = lm.spec.source
     if source == EMBEDDED:
         folder = embedded_cache_dir()
-        if (folder / "model.safetensors").is_file():
-            return str(folder)
-        raise ValueError("the embedded model's safetensors cache is missing; load the embedded model once first")
+        # Without the wheel's cache (a host that installs requirements.txt only) the same model comes from the Hub.
+        return str(folder) if (folder / "model.safetensors").is_file() else EMBEDDED_HUB_ID
     if source in TINY_SOURCES:
         folder = cache_root() / "quantization-lab" / source
         if not (folder / "model.safetensors").is_file():

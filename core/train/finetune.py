@@ -287,7 +287,7 @@ def finetune(job: Job, lm: LoadedModel, cfg: FinetuneConfig, run_dir: str | Path
         for step in range(start_step + 1, cfg.steps + 1):
             job.tick()
             lr = float(job.control("lr", cfg.learning_rate) or cfg.learning_rate)
-            row = _step(model, optimizer, params, train_enc, pad_id, cfg, step, lr)
+            row = train_step(model, optimizer, params, train_enc, pad_id, cfg, step, lr)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 row["val_loss"] = eval_loss(model, held_enc, pad_id)
             row["elapsed_s"] = state["seconds"] + time.perf_counter() - t0
@@ -311,7 +311,7 @@ def finetune(job: Job, lm: LoadedModel, cfg: FinetuneConfig, run_dir: str | Path
     return _result(run_dir, cfg, state, start_step, trainable, total, prompts, after, model_dir, adapter_dir)
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
           train_enc: list[fd.Encoded], pad_id: int, cfg: FinetuneConfig, step: int, lr: float) -> dict[str, Any]:
     """One AdamW step on one batch; the learning rate is read live (a page may change it mid-run)."""
     started = time.perf_counter()
@@ -340,8 +340,8 @@ def _checkpoint(job: Job, run_dir: Path, model: nn.Module, optimizer: torch.opti
     job.report(checkpoint=str(path), checkpoint_step=state["step"])
 
 
-def _result(run_dir: Path, cfg: FinetuneConfig, state: dict[str, Any], start_step: int, trainable: int,
-            total: int, prompts: list[str], after: list[str], model_dir: Path, adapter_dir: Path | None) -> FinetuneResult:
+def _result(run_dir: Path, cfg: FinetuneConfig, state: dict[str, Any], start_step: int, trainable: int, total: int,
+            prompts: list[str], after: list[str], model_dir: Path, adapter_dir: Path | None) -> FinetuneResult:
     losses = [m["loss"] for m in state["metrics"] if m.get("loss") is not None]
     vals = [m["val_loss"] for m in state["metrics"] if m.get("val_loss") is not None]
     paces = [m["s_per_step"] for m in state["metrics"] if m.get("s_per_step") and m["step"] > start_step]

@@ -21,7 +21,8 @@ from core.train.finetune import LORA_TARGETS, MODES, FinetuneConfig
 def _args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--mode", default="lora", choices=MODES)
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 30; with --resume: the stored total)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default 30; with --resume: the stored total)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 for LoRA, 5e-5 otherwise)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-len", type=int, default=256, help="tokens per example (prompt + response), longer ones cut")
@@ -35,7 +36,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=5, help="held-out loss every N steps")
     p.add_argument("--max-new-tokens", type=int, default=32, help="length of the before/after answers")
-    p.add_argument("--data", default=None, help="a JSONL file of {prompt, response, split} (default: data/instructions.jsonl)")
+    p.add_argument("--data", default=None,
+                   help="a JSONL file of {prompt, response, split} (default: data/instructions.jsonl)")
     p.add_argument("--prompt", action="append", default=[], help="an extra prompt to answer before and after")
     p.add_argument("--out", default=None, help="run folder (default: a new folder under the runs root)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -4,8 +4,8 @@ An example is rendered with the model's own chat template, exactly as the model 
 inference time, then the response tokens are appended. Only the response is learned: every prompt token
 (system prompt, user turn, the assistant header) gets the label -100, which the cross-entropy ignores.
 
-    ids    = [<|im_start|>system ... <|im_start|>user\\nWhat is 6 x 7?<|im_end|>\\n<|im_start|>assistant\\n] + [42 ... <|im_end|>\\n]
-    labels = [-100 ...                                                                                 -100] + [42 ... <|im_end|>\\n]
+    ids    = [<|im_start|>system ... user\\nWhat is 6 x 7?<|im_end|>\\n<|im_start|>assistant\\n] + [42 ... <|im_end|>\\n]
+    labels = [-100 ...                                                                 -100] + [42 ... <|im_end|>\\n]
 
 Tokenizers without a chat template (a bare GPT-2, say) get a plain "User: ...\\nAssistant: " format and
 the end-of-text token after the response, so the model still learns where an answer stops.
