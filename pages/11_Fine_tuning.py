@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.models.capture import token_display
 from core.train import finetune as core_ft
 from core.train import finetune_data as fd
 from core.train import finetune_store as store
@@ -57,8 +58,8 @@ with st.expander(f"The instruction set: {len(train_set)} training pairs, {len(he
     st.dataframe(ui_ft.examples_frame(examples), width="stretch", hide_index=True)
     shown, labels = ui_ft.example_tokens(lm, train_set[0])
     st.markdown("How the first pair reaches the model (**bold** = tokens with a loss, the rest has label −100):")
-    st.markdown(" ".join(f"**`{t}`**" if label != fd.IGNORE else f"`{t}`"
-                         for t, label in zip(shown, labels)).replace("\n", "↵"))
+    st.markdown(" ".join(f"**`{token_display(t)}`**" if label != fd.IGNORE else f"`{token_display(t)}`"
+                         for t, label in zip(shown, labels)))
     if not fd.has_chat_template(lm.tokenizer):
         st.caption("This tokenizer has no chat template: the plain format `User: … / Assistant: …` is used.")
 

@@ -50,7 +50,8 @@ st.markdown("The same multiplication three ways: a plain Python triple loop (one
             "`torch.matmul` (SIMD on every core through BLAS), and a large memory copy for the bandwidth.")
 if st.button("Measure this machine (a few seconds)", key="hw_measure"):
     with st.spinner("Multiplying and copying…"):
-        machine = ui.run_measurement()
+        if ui.run_measurement():
+            st.rerun()  # so the table above gains this machine's row
 for m in machine or []:
     c = st.columns(4)
     c[0].metric("Python loop", f"{m.python_loop_gflops * 1e3:,.1f} MFLOP/s")

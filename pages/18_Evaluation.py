@@ -48,14 +48,14 @@ st.markdown(
 st.header("Perplexity with a sliding window")
 st.markdown(
     "Perplexity is exp of the mean negative log-likelihood of each token given the tokens before it: "
-    "PPL = exp(−(1/N) Σᵢ log p(xᵢ | x₁ … xᵢ₋₁)). A model reads at most its context at once, so a long text is scored "
-    "in **windows** that start every **stride** tokens; each window scores only the tokens the previous one did "
+    "PPL = exp(−(1/N) Σᵢ log p(xᵢ | x₁ … xᵢ₋₁)). A model reads at most its context at once, so a long text is "
+    "scored in **windows** that start every **stride** tokens; each window scores only the tokens the previous one did "
     "not reach. A smaller stride gives each token more context (usually a lower perplexity) for more passes.")
 st.selectbox("Start from", list(SAMPLES), key="eval_sample", on_change=use_sample)
 text = st.text_area("Text to score", DEFAULT_TEXT, key="eval_text", height=110)
 c1, c2 = st.columns(2)
-window = int(c1.number_input("Window (tokens per forward pass)", min_value=1, max_value=max(2, context), value=min(32, context),
-                             step=8, key="eval_window", help=f"At most the model's context ({context:,} tokens)."))
+window = int(c1.number_input("Window (tokens per forward pass)", min_value=1, max_value=max(2, context),
+                             value=min(32, context), step=8, key="eval_window", help=f"At most the model's context ({context:,} tokens)."))
 stride = int(c2.number_input("Stride (tokens between window starts)", min_value=1, value=16, step=4, key="eval_stride",
                              help="At most the window. stride = window: disjoint windows, the first token of "
                                   "each has no context and is not scored."))

@@ -25,20 +25,10 @@ st.markdown(
     "Attention(Q, K, V) = softmax(QKᵀ / √d) V. Answers count as right within a small tolerance; the worked "
     "solution is always one click away. *New exercise* draws fresh numbers.")
 
-tab_dot, tab_soft, tab_sum, tab_model = st.tabs(["1 · Score", "2 · Softmax", "3 · Weighted sum",
-                                                 "4 · A real head"])
-with tab_dot:
-    ui.exercise_block("dot", "The score says how well a key matches the query: multiply them dimension by "
-                             "dimension and add up. Large and positive = a good match.")
-with tab_soft:
-    ui.exercise_block("softmax", "Softmax turns any scores into weights: wⱼ = exp(sⱼ) / Σᵢ exp(sᵢ). The largest "
-                                 "score gets the largest weight, and the weights add up to 1.")
-with tab_sum:
-    ui.exercise_block("weighted_sum", "The output is a blend of the values, each weighted by its attention: "
-                                      "output = Σⱼ wⱼ vⱼ, dimension by dimension.")
 
 # ---------------------------------------------------------------- the real model
-with tab_model:
+def real_head() -> None:
+    """The same three steps on one head of the loaded model, for the first three tokens of a text."""
     dims = config_dims(lm.config)
     n_layers, n_heads = int(dims["layers"]), int(dims["heads"])
     st.markdown(
@@ -89,9 +79,28 @@ with tab_model:
                + f" (the softmax by hand differs from them by at most {m.max_weight_difference:.1e}).")
         ui.show_solution(exercise, expanded=checked and result.complete, note=own)
 
+
+EXERCISES = {
+    "dot": "The score says how well a key matches the query: multiply them dimension by dimension and add up. "
+           "Large and positive = a good match.",
+    "softmax": "Softmax turns any scores into weights: wⱼ = exp(sⱼ) / Σᵢ exp(sᵢ). The largest score gets the "
+               "largest weight, and the weights add up to 1.",
+    "weighted_sum": "The output is a blend of the values, each weighted by its attention: output = Σⱼ wⱼ vⱼ, "
+                    "dimension by dimension.",
+}
+# A keyed tab keeps its place across reruns; the real head runs the model only while its tab is open.
+tabs = dict(zip(ui.TABS, st.tabs(list(ui.TABS.values()), key="abh_tab", on_change="rerun")))
+for kind, explanation in EXERCISES.items():
+    with tabs[kind]:
+        ui.exercise_block(kind, explanation)
+if tabs["model"].open:
+    with tabs["model"]:
+        real_head()
+
+state = st.session_state
 how_computed(X.dot, X.softmax, X.weighted_sum, X.check, X.model_attention,
-             command=f"python -m core by-hand {lm.spec.cli()} --text {shlex.quote(st.session_state.get('abh_text', 'The cat sat'))} "
-                     f"--layer {int(st.session_state.get('abh_layer', 0))} --head {int(st.session_state.get('abh_head', 0))}",
+             command=f"python -m core by-hand {lm.spec.cli()} --text {shlex.quote(state.get('abh_text', 'The cat sat'))} "
+                     f"--layer {int(state.get('abh_layer', 0))} --head {int(state.get('abh_head', 0))}",
              note="The exercises' numbers are drawn from a seed kept in your session, so a rerun never changes "
                   "them. The real head's q, k and v come from the model's own weights "
                   "(`core.inspect.stepwise.layer_by_hand`, which applies RoPE as the model does); the model's own "

@@ -72,7 +72,7 @@ def test_programmatic_rewards():
     assert rewards.contains_word("Thank you so much!", "thank") == 1.0
     assert rewards.contains_word("Thanks!", "thank") == 0.0  # whole words only
     assert rewards.length_target("one two three four five", 5) == 1.0
-    assert rewards.length_target("one two three", 5) == pytest.approx(0.6)
+    assert rewards.length_target("one two three", 5) == pytest.approx(math.exp(-2 / 5))
     assert rewards.no_repetition("a b a b a b") == pytest.approx(2 / 5)
     assert rewards.politeness("Sure, happy to help, thank you") == 1.0
     with pytest.raises(ValueError):

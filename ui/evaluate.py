@@ -118,7 +118,8 @@ def nll_chart(result: ppl.PerplexityResult) -> alt.Chart:
         "context": result.context.tolist(),
     }).dropna()
     return alt.Chart(df).mark_bar().encode(
-        x=alt.X("position:Q", title="token position", scale=alt.Scale(domain=[-0.5, len(result.ids) - 0.5], nice=False)),
+        x=alt.X("position:Q", title="token position",
+                scale=alt.Scale(domain=[-0.5, len(result.ids) - 0.5], nice=False)),
         y=alt.Y("nll:Q", title="−log p (nats)"),
         color=alt.Color("context:Q", title="context tokens", scale=alt.Scale(scheme="viridis")),
         tooltip=["position:Q", "token:N", alt.Tooltip("nll:Q", format=".3f", title="−log p"),

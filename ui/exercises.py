@@ -15,6 +15,10 @@ from core.evaluate import attention_exercises as X
 from core.models.loading import LoadedModel
 
 
+TABS = {"dot": "1 · Score", "softmax": "2 · Softmax", "weighted_sum": "3 · Weighted sum",
+        "model": "4 · A real head"}
+
+
 def seed_key(kind: str) -> str:
     return f"abh_seed_{kind}"
 

@@ -224,7 +224,7 @@ def ppo_step(lm: LoadedModel) -> None:
         try:
             st.session_state["rlhf_ppo_result"] = ppo_update(lm.spec.key, prompt, kind, word, target, float(baseline),
                                                              float(eps), float(beta), float(lr), int(seed), lm)
-        except ValueError as exc:
+        except (ValueError, JobError) as exc:
             st.warning(str(exc))
     ex: ppo.PPOExample | None = st.session_state.get("rlhf_ppo_result")
     if ex is None:

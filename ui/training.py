@@ -106,7 +106,8 @@ def loss_chart(rows: tuple[dict[str, Any], ...], color: str | None = None) -> al
     df = pd.DataFrame(list(rows))
     train_df = _thin(df.dropna(subset=["train_loss"]), color).assign(split="train")
     val_df = df.dropna(subset=["val_loss"]).assign(split="val")
-    enc_color = alt.Color(f"{color}:N", title=None) if color else alt.Color("split:N", title=None)
+    enc_color = (alt.Color(f"{color}:N", title=None) if color else
+                 alt.Color("split:N", title=None, scale=alt.Scale(domain=["train", "val"], range=["#4c78a8", "#f58518"])))
     base_x = alt.X("step:Q", title="step")
     line = alt.Chart(train_df).mark_line(opacity=0.55).encode(
         base_x, alt.Y("train_loss:Q", title="loss (nats/token)", scale=alt.Scale(zero=False)), enc_color,
@@ -159,7 +160,7 @@ def draw_training(snap: JobSnapshot) -> None:
         st.altair_chart(chart, width="stretch")
     if snap.info.get("sample"):
         st.markdown(f"**Sample at step {snap.info.get('sample_step')}** (temperature 0.8, top-k 200)")
-        st.code(snap.info["sample"], language=None)
+        st.code(snap.info["sample"], language=None, wrap_lines=True)
     if snap.info.get("checkpoint"):
         st.caption(f"Last checkpoint: `{Path(snap.info['checkpoint']).relative_to(Path(snap.info['run_dir']).parent)}`")
 

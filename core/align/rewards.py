@@ -6,6 +6,7 @@ reward as `fn(prompts=..., completions=..., **columns) -> list[float]`; `as_trl(
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -24,9 +25,10 @@ def contains_word(text: str, word: str) -> float:
 
 
 def length_target(text: str, target: int) -> float:
-    """1 at exactly `target` words, falling linearly to 0 at 0 or 2·target words: exp-free and dense."""
+    """exp(-|n - target| / target): 1 at exactly `target` words and never flat 0, so a group whose lengths
+    differ always has a gradient, even far from the target."""
     n = len(words(text))
-    return max(0.0, 1.0 - abs(n - target) / max(1, target))
+    return math.exp(-abs(n - target) / max(1, target))
 
 
 def no_repetition(text: str) -> float:
@@ -68,7 +70,7 @@ def make_reward(kind: str, word: str = "thank", target: int = 5) -> Reward:
         if not 1 <= int(target) <= 200:
             raise ValueError("The length target must be between 1 and 200 words.")
         return Reward(f"length {target} words", "length_target", lambda t: length_target(t, int(target)),
-                      rf"r = \max\left(0,\ 1 - \frac{{|\,\#\text{{words}}(y) - {target}\,|}}{{{target}}}\right)")
+                      rf"r = \exp\left(-\frac{{|\,\#\text{{words}}(y) - {target}\,|}}{{{target}}}\right)")
     if kind == "no_repetition":
         return Reward("no repetition", "no_repetition", no_repetition,
                       r"r = \frac{\#\text{distinct word bigrams}}{\#\text{word bigrams}}")

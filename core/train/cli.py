@@ -55,3 +55,11 @@ def cmd_train(args: argparse.Namespace) -> Any:
                      resume=args.resume, export=not args.no_export)
     except JobError as exc:
         raise ValueError(str(exc)) from exc
+
+
+# The fine-tuning half of the section (helper C2's `python -m core finetune`) registers itself on import.
+try:
+    import core.train.finetune_cli  # noqa: E402,F401
+except ModuleNotFoundError as exc:  # only while that file does not exist
+    if exc.name != "core.train.finetune_cli":
+        raise
