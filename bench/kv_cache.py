@@ -1,6 +1,6 @@
 """KV-cache speed-up: 128 greedy new tokens on the embedded model, CPU, with and without the cache.
 
-    .venv/bin/python bench/kv_cache.py [--new-tokens 128]
+    .venv/bin/python bench/kv_cache.py [--new-tokens 128] [--threads 1]
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--model", default="embedded")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lm = load_model(args.model)
     ids = prompt_ids(lm, PROMPT)
     m = measure(lm, ids, args.new_tokens)

@@ -70,7 +70,7 @@ def bare_loop(config: TrainConfig) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        float(loss)
+        float(loss.detach())
     return config.max_iters * config.batch_size * config.block_size / (time.perf_counter() - start)
 
 

@@ -38,7 +38,7 @@ def quoted(text: str) -> str:
 
 st.title("📏 Evaluation")
 lm = model_picker()
-context = perplexity.context_length(lm) or 1024
+context = min(perplexity.context_length(lm) or ui.MAX_WINDOW, ui.MAX_WINDOW)
 st.markdown(
     "Three ways to put a number on a language model: how surprised it is by a text (**perplexity**), how far "
     "its predictions move when the model changes (**KL divergence**), and whether it prefers the sensible "
@@ -55,7 +55,7 @@ st.selectbox("Start from", list(SAMPLES), key="eval_sample", on_change=use_sampl
 text = st.text_area("Text to score", DEFAULT_TEXT, key="eval_text", height=110)
 c1, c2 = st.columns(2)
 window = int(c1.number_input("Window (tokens per forward pass)", min_value=1, max_value=max(2, context),
-                             value=min(32, context), step=8, key="eval_window", help=f"At most the model's context ({context:,} tokens)."))
+                             value=min(32, context), step=8, key="eval_window", help=f"At most {context:,} tokens here (the model's context, capped for memory)."))
 stride = int(c2.number_input("Stride (tokens between window starts)", min_value=1, value=16, step=4, key="eval_stride",
                              help="At most the window. stride = window: disjoint windows, the first token of "
                                   "each has no context and is not scored."))

@@ -219,3 +219,10 @@ def test_page_multiple_choice_and_kl_on_button_press():
     at.button(key="eval_kl_run").click().run()
     assert_clean(at)
     assert any(m.label == "Mean KL(P‖Q)" for m in at.metric)
+
+
+def test_the_page_budget_refuses_a_tiny_stride_on_a_long_text(load):
+    lm = load("tiny-llama")
+    with pytest.raises(InputError, match="forward passes"):
+        perplexity(lm, TEXT * 4, window=64, stride=1, max_work=4096)
+    assert perplexity(lm, TEXT, window=64, stride=32, max_work=4096).scored_tokens > 0

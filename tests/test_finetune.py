@@ -134,9 +134,11 @@ def test_bad_input_gets_clear_messages(load):
         fd.split_examples([])
     with pytest.raises(ValueError, match="non-empty"):
         fd.examples_from_rows([{"prompt": "hi", "response": "  "}])
-    for name in ("../escape", "/etc", "a b", "", "x/y"):
+    for name in ("../escape", "/etc", "a b", "x/y", "..."):
         with pytest.raises(ValueError, match="not allowed"):
             store.run_dir_for(name)
+    with pytest.raises(ValueError, match="Give the run a name"):
+        store.run_dir_for(" ")
 
 
 # ---------------------------------------------------------------- runs: the shared model, LoRA save/load, resume
@@ -151,6 +153,7 @@ def test_lora_run_saves_an_adapter_that_loads_back_exactly(load, tmp_path):
     snap = job.snapshot()
     assert [m["step"] for m in snap.metrics] == [0, 1, 2] and result.steps == 2
     assert result.trainable == 3584 and len(result.answers) == 2
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
 
     ids = torch.tensor([lm.encode("The capital of France is")])
     trained = store.load_adapter(copy.deepcopy(lm.model), tmp_path / "run" / "adapter")
@@ -221,6 +224,8 @@ def test_stop_writes_a_checkpoint_and_the_export(load, tmp_path):
     assert snap.status == "stopped" and 1 <= snap.result.steps < 500
     state = json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())
     assert state["step"] == snap.result.steps
+    status = json.loads((tmp_path / "r" / "run.json").read_text())  # what the runs-folder cap reads
+    assert status["status"] == "stopped" and status["owner"] == "t" and status["step"] == snap.result.steps
     assert (tmp_path / "r" / "model" / "config.json").is_file()
     assert not list(tmp_path.glob("r/*.tmp-*"))
 

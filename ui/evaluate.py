@@ -16,12 +16,15 @@ from core.models.capture import token_display
 from core.models.loading import EMBEDDED, TINY_SOURCES, LoadedModel, ModelSpec
 from core.train.runs import saved_models
 
+MAX_WINDOW = 1024  # eager attention holds heads x window^2 weights per layer
+MAX_WORK = 32_768  # tokens through the model per perplexity on the page (passes x window)
+
 # ---------------------------------------------------------------- cached computations (key = model spec)
 
 
 @st.cache_data(show_spinner="Scoring the text…", max_entries=32, ttl=3600)
 def perplexity_of(model_key: str, text: str, window: int, stride: int, _lm: LoadedModel) -> ppl.PerplexityResult:
-    return ppl.perplexity(_lm, text, window, stride)
+    return ppl.perplexity(_lm, text, window, stride, max_work=MAX_WORK)
 
 
 def mc_work(lm: LoadedModel, items: list[mc.Item]) -> Callable[[Job], mc.MCResult]:

@@ -19,7 +19,7 @@ from core.train.export import export_reason
 from core.train.lessons import LESSONS, run_lesson
 from core.train.model import GPT
 from core.train.pretrain import estimate_step_bytes, prepare_data, read_run_config, train
-from core.train.runs import enforce_cap, run_path, runs_cap_bytes
+from core.train.runs import enforce_cap, run_info, run_path, runs_cap_bytes
 from core.units import format_bytes, format_duration
 from ui.jobs import owner_id, start_job
 
@@ -52,6 +52,9 @@ def start_pretraining(config: TrainConfig, name: str, resume: bool = False):
         run = run_path(name)
         if resume:
             saved = read_run_config(run)
+            done = int(run_info(run).get("step") or 0)
+            if config.max_iters <= done:
+                raise ValueError(f"{name} is already at step {done:,}: to continue, train until a later step.")
             saved.max_iters = config.max_iters
             config = saved
         prepare_data(config)

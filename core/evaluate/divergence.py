@@ -55,9 +55,15 @@ class KLResult:
                                                           self.top1_q, self.entropy_p.tolist())]}
 
 
+def output_size(lm: LoadedModel) -> int:
+    """How many logits the model produces (its LM head's rows; quantized heads keep `out_features`)."""
+    head = lm.model.get_output_embeddings()
+    return int(getattr(head, "out_features", None) or lm.config.vocab_size)
+
+
 def same_tokenizer(a: LoadedModel, b: LoadedModel) -> str | None:
     """None when both models read ids the same way, else the reason they do not (for the user)."""
-    va, vb = a.model.get_output_embeddings().weight.shape[0], b.model.get_output_embeddings().weight.shape[0]
+    va, vb = output_size(a), output_size(b)
     if va != vb:
         return f"{a.name} predicts over {va:,} tokens and {b.name} over {vb:,}: their vocabularies differ."
     if a.tokenizer is b.tokenizer:

@@ -136,16 +136,24 @@ def window_nll(lm: LoadedModel, ids: Sequence[int]) -> torch.Tensor:
 
 
 def perplexity(lm: LoadedModel, text: str, window: int | None = None, stride: int | None = None,
-               max_tokens: int = MAX_TEXT_TOKENS,
-               progress: Callable[[int, int], None] | None = None) -> PerplexityResult:
+               max_tokens: int = MAX_TEXT_TOKENS, progress: Callable[[int, int], None] | None = None,
+               max_work: int | None = None) -> PerplexityResult:
     """Sliding-window perplexity of `text`. window defaults to the model's context (at most 1024 tokens),
     stride to half the window. `progress(done, total)` is called after each window (for a job).
+    `max_work` caps the tokens run through the model in all (passes x window), for an interactive page.
     Bad numbers or a text shorter than two tokens raise InputError (a ValueError) with a readable message."""
     ids, n_in_text = text_ids(lm, text, max_tokens)
     context = context_length(lm)
     window = int(window if window is not None else min(context or 1024, 1024))
     stride = int(stride if stride is not None else max(1, window // 2))
     check_window(len(ids), window, stride, context)
+    if max_work is not None:
+        work = sum(w.end - w.start for w in plan_windows(len(ids), window, stride))
+        if work > max_work:
+            passes = len(plan_windows(len(ids), window, stride))
+            raise InputError(f"A stride of {stride} on {len(ids):,} tokens means {passes:,} forward passes "
+                             f"({work:,} tokens through the model); this page allows {max_work:,}. Raise the "
+                             "stride, shrink the window or shorten the text (the CLI has no such limit).")
     return perplexity_of_ids(lm, ids, window, stride, progress, n_in_text=n_in_text)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -123,5 +123,3 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """A generator determined by (seed, step, stream): a resumed run draws the batches the first run would have."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + stream * 104_729) % (2**63))
 
-
-Decode = Callable[[list[int]], str]

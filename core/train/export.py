@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from transformers import logging as hf_logging
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from core.train.data import TextData, bpe_tokenizer
@@ -47,17 +48,23 @@ def export_reason(config) -> str | None:
             "are exported to the model picker. The checkpoints are saved all the same.")
 
 
+def _special(special: dict | None) -> dict:
+    """bos/eos/pad ids: the BPE tokenizer's own; none for a char vocabulary (no character ends a text)."""
+    special = special or {}
+    return {k: special.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+
+
 def _zeros_if_none(b: torch.Tensor | None, n: int) -> torch.Tensor:
     return torch.zeros(n) if b is None else b.detach().clone()
 
 
-def to_gpt2(model: GPT) -> GPT2LMHeadModel:
+def to_gpt2(model: GPT, special: dict | None = None) -> GPT2LMHeadModel:
     c = model.config
     hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
                            n_head=c.n_head, n_inner=c.mlp_hidden, activation_function="gelu",
                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=c.norm_eps,
-                           tie_word_embeddings=c.tie_weights, bos_token_id=0, eos_token_id=0,
-                           architectures=["GPT2LMHeadModel"])
+                           tie_word_embeddings=c.tie_weights, architectures=["GPT2LMHeadModel"],
+                           **_special(special))
     hf = GPT2LMHeadModel(hf_config)
     sd: dict[str, torch.Tensor] = {"transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.wpe.weight,
                                    "transformer.ln_f.weight": model.ln_f.weight,
@@ -77,14 +84,14 @@ def to_gpt2(model: GPT) -> GPT2LMHeadModel:
     return hf
 
 
-def to_llama(model: GPT) -> LlamaForCausalLM:
+def to_llama(model: GPT, special: dict | None = None) -> LlamaForCausalLM:
     c = model.config
     hf_config = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_hidden,
                             num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_head,
                             head_dim=c.head_dim, max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
                             rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
                             attention_bias=c.bias, mlp_bias=c.bias, tie_word_embeddings=c.tie_weights,
-                            bos_token_id=0, eos_token_id=0, architectures=["LlamaForCausalLM"])
+                            architectures=["LlamaForCausalLM"], **_special(special))
     hf = LlamaForCausalLM(hf_config)
     sd: dict[str, torch.Tensor] = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.ln_f.weight,
                                    "lm_head.weight": model.lm_head.weight}
@@ -120,11 +127,11 @@ def _load_exact(hf: PreTrainedModel, sd: dict[str, torch.Tensor]) -> None:
     hf.eval()
 
 
-def to_hf(model: GPT) -> PreTrainedModel:
+def to_hf(model: GPT, special: dict | None = None) -> PreTrainedModel:
     family = export_family(model.config)
     if family is None:
         raise ValueError(export_reason(model.config))
-    return to_gpt2(model) if family == "gpt2" else to_llama(model)
+    return to_gpt2(model, special) if family == "gpt2" else to_llama(model, special)
 
 
 def char_tokenizer(chars: str):
@@ -143,9 +150,13 @@ def export_run(model: GPT, data: TextData, folder: Path) -> Path:
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}-tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    hf = to_hf(model)
-    hf.save_pretrained(tmp)
     tokenizer = char_tokenizer(data.chars) if data.tokenizer == "char" else bpe_tokenizer()
+    special = {} if data.tokenizer == "char" else {"bos_token_id": tokenizer.bos_token_id,
+                                                   "eos_token_id": tokenizer.eos_token_id,
+                                                   "pad_token_id": tokenizer.pad_token_id}
+    hf = to_hf(model, special)
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars would fill the training log
+    hf.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     old = folder.with_name(f".{folder.name}-old-{os.getpid()}")
     if folder.exists():

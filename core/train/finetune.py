@@ -271,20 +271,46 @@ def finetune(job: Job, lm: LoadedModel, cfg: FinetuneConfig, run_dir: str | Path
         job.seed_metrics(state["metrics"], state["step"])
     else:
         store.start_run(run_dir, lm.spec, asdict(cfg))
-    job.report(state["step"], trainable=trainable, total=total, run_dir=str(run_dir), config=asdict(cfg),
-               phase="answering (before)")
-    if state["before"] is None or len(state["before"]) != len(prompts):
-        state["before"] = answers(lm, model, prompts, cfg.max_new_tokens)
-    job.report(before=dict(zip(prompts, state["before"])), phase="training")
-    if state["step"] == 0:
-        row = {"step": 0, "val_loss": eval_loss(model, held_enc, pad_id)}
-        state["metrics"].append(row)
-        job.report(0, row)
-
-    model.train()
-    t0, start_step = time.perf_counter(), state["step"]
+    store.set_status(run_dir, owner=job.owner, status="running", step=state["step"], kind="finetune")
+    status = "failed"
     try:
-        for step in range(start_step + 1, cfg.steps + 1):
+        job.report(state["step"], trainable=trainable, total=total, run_dir=str(run_dir), config=asdict(cfg),
+                   phase="answering (before)")
+        if state["before"] is None or len(state["before"]) != len(prompts):
+            state["before"] = answers(lm, model, prompts, cfg.max_new_tokens)
+        job.report(before=dict(zip(prompts, state["before"])), phase="training")
+        if state["step"] == 0:
+            row = {"step": 0, "val_loss": eval_loss(model, held_enc, pad_id)}
+            state["metrics"].append(row)
+            job.report(0, row)
+
+        start_step = state["step"]
+        t0 = time.perf_counter()
+        if not _train_loop(job, model, optimizer, params, (train_enc, held_enc, pad_id), cfg, run_dir, state, t0):
+            status = "stopped"
+        state["seconds"] += time.perf_counter() - t0
+        _checkpoint(job, run_dir, model, optimizer, state, 0.0, cfg.mode)
+
+        job.report(phase="answering (after)")
+        after = answers(lm, model, prompts, cfg.max_new_tokens)
+        job.report(after=dict(zip(prompts, after)), phase="exporting the model")
+        adapter_dir, model_dir = store.export(run_dir, model, lm.tokenizer, cfg.mode)
+        store.write_answers(run_dir, prompts, state["before"], after)
+        job.report(phase="done", model_dir=str(model_dir))
+        status = "finished" if status != "stopped" else status
+        return _result(run_dir, cfg, state, start_step, trainable, total, prompts, after, model_dir, adapter_dir)
+    finally:
+        store.set_status(run_dir, status=status, step=state["step"])
+
+
+def _train_loop(job: Job, model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                data: tuple[list[fd.Encoded], list[fd.Encoded], int], cfg: FinetuneConfig, run_dir: Path,
+                state: dict[str, Any], t0: float) -> bool:
+    """Steps from state["step"] + 1 to cfg.steps; False when a stop ended it early (state is kept current)."""
+    train_enc, held_enc, pad_id = data
+    model.train()
+    try:
+        for step in range(state["step"] + 1, cfg.steps + 1):
             job.tick()
             lr = float(job.control("lr", cfg.learning_rate) or cfg.learning_rate)
             row = train_step(model, optimizer, params, train_enc, pad_id, cfg, step, lr)
@@ -298,21 +324,12 @@ def finetune(job: Job, lm: LoadedModel, cfg: FinetuneConfig, run_dir: str | Path
                 _checkpoint(job, run_dir, model, optimizer, state, t0, cfg.mode)
     except JobStopped:
         job.report(phase="stopping: writing a checkpoint")
-    state["seconds"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _checkpoint(job, run_dir, model, optimizer, state, t0, cfg.mode)
-
-    job.report(phase="answering (after)")
-    after = answers(lm, model, prompts, cfg.max_new_tokens)
-    job.report(after=dict(zip(prompts, after)), phase="exporting the model")
-    adapter_dir, model_dir = store.export(run_dir, model, lm.tokenizer, cfg.mode)
-    store.write_answers(run_dir, prompts, state["before"], after)
-    job.report(phase="done", model_dir=str(model_dir))
-    return _result(run_dir, cfg, state, start_step, trainable, total, prompts, after, model_dir, adapter_dir)
+        return False
+    return True
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
-          train_enc: list[fd.Encoded], pad_id: int, cfg: FinetuneConfig, step: int, lr: float) -> dict[str, Any]:
+               train_enc: list[fd.Encoded], pad_id: int, cfg: FinetuneConfig, step: int, lr: float) -> dict[str, Any]:
     """One AdamW step on one batch; the learning rate is read live (a page may change it mid-run)."""
     started = time.perf_counter()
     batch = [train_enc[i] for i in fd.batch_indices(step, cfg.batch_size, len(train_enc), cfg.seed)]
@@ -337,6 +354,7 @@ def _checkpoint(job: Job, run_dir: Path, model: nn.Module, optimizer: torch.opti
                 state: dict[str, Any], t0: float, mode: str) -> None:
     seconds = state["seconds"] + (time.perf_counter() - t0 if t0 else 0.0)
     path = store.save_checkpoint(run_dir, model, optimizer, {**state, "seconds": seconds}, mode)
+    store.set_status(run_dir, step=state["step"], checkpoint=str(path))
     job.report(checkpoint=str(path), checkpoint_step=state["step"])
 
 

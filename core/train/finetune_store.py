@@ -29,19 +29,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.train.runs import runs_root
+from core.train.checkpoint import update_run_status
+from core.train.runs import run_path, runs_root
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 METRIC_COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "tokens", "s_per_step", "elapsed_s")
 
 
 def run_dir_for(name: str, root: Path | None = None) -> Path:
-    """A folder under the runs root for a user-typed name; `../`, absolute paths and odd characters refused."""
-    name = (name or "").strip()
-    if not RUN_NAME.match(name) or ".." in name:
-        raise ValueError(f"Run name {name!r} is not allowed: use 1-64 letters, digits, `-`, `_` or `.`, "
-                         "starting with a letter or digit (no `/`, no `..`).")
-    return (root or runs_root()) / name
+    """A folder under the runs root for a user-typed name (`../`, absolute paths, odd characters refused)."""
+    return run_path(name, root)
 
 
 def default_run_name(source: str, mode: str) -> str:
@@ -70,6 +66,12 @@ def start_run(run_dir: Path, spec: Any, cfg: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"kind": "finetune", "base": asdict(spec), "finetune": cfg}
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def set_status(run_dir: Path, **values: Any) -> None:
+    """run.json (owner, status, step, updated), shared with pre-training: the runs-folder cap never removes
+    a running run, and removes a user's own finished runs first."""
+    update_run_status(run_dir, **values)
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:
