@@ -75,7 +75,7 @@ def settled(page, t0: float, timeout: float = 180) -> float:
     return float("nan")
 
 
-async def asettled(page, t0: float, timeout: float = 300) -> float:
+async def asettled(page, t0: float, timeout: float = 600) -> float:
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         now, last, state = await page.evaluate(PROBE)
@@ -169,9 +169,11 @@ async def one_student(browser, link: str, steps: int) -> dict:
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
     await context.add_init_script(OBSERVER)
     page = await context.new_page()
+    page.set_default_timeout(600_000)  # 20 Chromium renderers on the server's own cores: slow, not broken
     t = time.perf_counter()
     await page.goto(link, wait_until="commit", timeout=300_000)
-    await page.wait_for_selector("h1", timeout=300_000)
+    await page.wait_for_selector("h1")
+    await page.wait_for_selector(SLIDER)
     first = await asettled(page, 0.0)
     first = time.perf_counter() - t
     slider = page.locator(SLIDER).filter(has_text="Layer").first.locator("input[type='range']").first

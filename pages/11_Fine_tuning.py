@@ -187,13 +187,13 @@ def draw(s) -> None:
                     help=f"of {s.info['total']:,} parameters ({s.info['trainable'] / s.info['total']:.3%})")
     if s.active and s.info.get("phase"):
         st.caption(f"Now: {s.info['phase']}.")
-    chart = ui_ft.loss_chart(rows)
+    chart = ui_ft.loss_chart(rows, s.total_steps)
     if chart is not None:
         st.altair_chart(chart, width="stretch")
     table = ui_ft.answers_frame(s)
     if table is not None:
         st.markdown("**The same prompts, greedy answers before and after** (held-out: never trained on)")
-        st.dataframe(table, width="stretch", hide_index=True)
+        st.table(table)
     if s.info.get("checkpoint_step") is not None:
         st.caption(f"Last checkpoint: step {s.info['checkpoint_step']} in `{s.info.get('checkpoint')}`.")
 

@@ -55,7 +55,8 @@ st.selectbox("Start from", list(SAMPLES), key="eval_sample", on_change=use_sampl
 text = st.text_area("Text to score", DEFAULT_TEXT, key="eval_text", height=110)
 c1, c2 = st.columns(2)
 window = int(c1.number_input("Window (tokens per forward pass)", min_value=1, max_value=max(2, context),
-                             value=min(32, context), step=8, key="eval_window", help=f"At most {context:,} tokens here (the model's context, capped for memory)."))
+                             value=min(32, context), step=8, key="eval_window",
+                             help=f"At most {context:,} tokens here (the model's context, capped for memory)."))
 stride = int(c2.number_input("Stride (tokens between window starts)", min_value=1, value=16, step=4, key="eval_stride",
                              help="At most the window. stride = window: disjoint windows, the first token of "
                                   "each has no context and is not scored."))

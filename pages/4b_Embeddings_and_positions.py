@@ -125,7 +125,7 @@ def sinusoidal() -> None:
     c1, c2 = st.columns(2)
     n_pos = state.keep(c1.slider, "Positions", 8, 512, 128, key="pos_n")
     d_model = state.keep(c2.slider, "Dimensions d", 8, 1024, min(int(width), 256), step=8, key="pos_d")
-    pe = emb.sinusoidal_encoding(n_pos, d_model).numpy()
+    pe = ue.sinusoidal(n_pos, d_model)
     ue.heatmap(pe, diverging=True,
                caption=f"PE [{n_pos} positions (rows) × {d_model} dimensions (columns)]: blue −1, red +1. Left "
                        "columns turn fast with position, right columns slowly: every position gets a unique pattern.")
@@ -144,7 +144,7 @@ def learned_positions(lm: LoadedModel) -> None:
     n_max = table.num_embeddings
     clamp_state("pos_learned_n", 2, min(n_max, 512), min(n_max, 128))  # tables differ between models
     n_sim = st.slider("Positions to compare", 2, min(n_max, 512), key="pos_learned_n")
-    sim = emb.learned_position_similarity(lm, n_sim).numpy()
+    sim = ue.learned_similarity(lm, n_sim)
     ue.heatmap(sim, width=480, height=480, diverging=True, vmax=1.0,
                caption=f"Cosine similarity between the learned vectors of positions 0 … {n_sim - 1} "
                        f"(a [{n_max} × {table.embedding_dim}] table): blue −1, red +1. A trained model shows a "
@@ -152,20 +152,19 @@ def learned_positions(lm: LoadedModel) -> None:
 
 
 @st.fragment
-def rope_pair(inv) -> None:
+def rope_pair(rope: emb.RopeSummary) -> None:
     st.markdown("**How one 2-D pair rotates with position.** RoPE rotates the pair (x<sub>i</sub>, "
                 "x<sub>i+d/2</sub>) of every query and key by the angle pos·θ<sub>i</sub> (transformers pairs "
                 "dimension i with i + d/2).", unsafe_allow_html=True)
+    pairs = rope.inv_freq.shape[0]
     c1, c2 = st.columns(2)
-    clamp_state("rope_pair", 0, inv.shape[0] - 1, 0)  # head sizes differ between models
-    pair_i = c1.slider("Frequency pair i", 0, inv.shape[0] - 1, key="rope_pair")
+    clamp_state("rope_pair", 0, pairs - 1, 0)  # head sizes differ between models
+    pair_i = c1.slider("Frequency pair i", 0, pairs - 1, key="rope_pair")
     n_rot = state.keep(c2.slider, "Positions", 2, 64, 16, key="rope_positions")
-    angles = emb.rope_angles(inv, n_rot)[:, pair_i]
-    rotated = emb.rotate_pair((1.0, 0.0), angles).numpy()
+    angles, rotated = ue.rotation(rope, pair_i, n_rot)
     turn = np.linspace(0, 2 * np.pi, 97)
     circle = pd.DataFrame({"x": np.cos(turn), "y": np.sin(turn), "index": np.arange(97)})
-    pts = pd.DataFrame({"x": rotated[:, 0], "y": rotated[:, 1], "position": np.arange(n_rot),
-                        "angle (rad)": angles.numpy()})
+    pts = pd.DataFrame({"x": rotated[:, 0], "y": rotated[:, 1], "position": np.arange(n_rot), "angle (rad)": angles})
     left, right = st.columns(2)
     with left:
         ring = alt.Chart(circle).mark_line(color="#cbd5e1").encode(
@@ -178,9 +177,10 @@ def rope_pair(inv) -> None:
         numbers = alt.Chart(pts).mark_text(dx=9, dy=-7, fontSize=11).encode(x="x:Q", y="y:Q", text="position:Q")
         # Streamlit fits axes and title into the size given: these leave a square plot for the circle
         st.altair_chart((ring + dots + numbers).properties(
-            title=f"(1, 0) rotated by pos · θ_{pair_i} = pos · {float(inv[pair_i]):.4g}"), width=340, height=370)
+            title=f"(1, 0) rotated by pos · θ_{pair_i} = pos · {float(rope.inv_freq[pair_i]):.4g}"),
+            width=340, height=370)
     with right:
-        rel = emb.rope_relative_score(inv, 256).numpy()
+        rel = rope.relative_score.numpy()
         st.altair_chart(alt.Chart(pd.DataFrame({"distance": np.arange(rel.shape[0]), "score": rel}),
                                   title="Query = key, moved apart").mark_line().encode(
             x="distance:Q", y=alt.Y("score:Q", title="mean cos(distance · θ_i)"),
@@ -190,33 +190,33 @@ def rope_pair(inv) -> None:
 
 
 def rope_section(lm: LoadedModel) -> None:
-    inv = emb.model_inv_freq(lm)
+    rope = ue.rope(lm)
+    pairs = rope.inv_freq.shape[0]
     m = st.columns(4)
-    m[0].metric("Base θ", f"{emb.rope_theta(lm.config) or DEFAULT_THETA:,.0f}")
-    m[1].metric("Rotating dims / head", emb.rope_dim(lm.config))
-    m[2].metric("Frequency pairs", inv.shape[0])
-    m[3].metric("Longest turn", f"{float(emb.wavelengths(inv).max()):,.0f}",
+    m[0].metric("Base θ", f"{rope.theta or DEFAULT_THETA:,.0f}")
+    m[1].metric("Rotating dims / head", rope.dim)
+    m[2].metric("Frequency pairs", pairs)
+    m[3].metric("Longest turn", f"{float(rope.wavelengths.max()):,.0f}",
                 help="Positions the slowest pair needs for one full rotation: 2π / θ_i.")
     st.latex(r"\theta_i = \text{base}^{-2i/d}, \qquad \text{angle}(pos, i) = pos \cdot \theta_i")
-    st.caption("The model's own `inv_freq` equals the formula." if emb.rope_follows_formula(lm) else
-               "The model's `inv_freq` differs from the plain formula: it uses a scaled RoPE variant "
-               f"({(getattr(lm.config, 'rope_parameters', None) or {}).get('rope_type', 'unknown')}). "
-               "The charts use the model's values.")
-    freq = pd.DataFrame({"pair i": np.arange(inv.shape[0]), "theta_i (radians per position)": inv.numpy(),
-                         "wavelength (positions)": emb.wavelengths(inv).numpy()})
+    st.caption("The model's own `inv_freq` equals the formula." if rope.follows_formula else
+               f"The model's `inv_freq` differs from the plain formula: it uses a scaled RoPE variant "
+               f"({rope.rope_type}). The charts use the model's values.")
+    freq = pd.DataFrame({"pair i": np.arange(pairs), "theta_i (radians per position)": rope.inv_freq.numpy(),
+                         "wavelength (positions)": rope.wavelengths.numpy()})
     st.altair_chart(alt.Chart(freq, title="Rotation speed of each pair of dimensions").mark_line(point=True).encode(
-        x=alt.X("pair i:Q", scale=alt.Scale(domain=[0, inv.shape[0] - 1], nice=False)),
+        x=alt.X("pair i:Q", scale=alt.Scale(domain=[0, pairs - 1], nice=False)),
         y=alt.Y("theta_i (radians per position):Q", title="θ_i (log scale)", scale=alt.Scale(type="log")),
         tooltip=["pair i", alt.Tooltip("theta_i (radians per position):Q", format=".3g"),
                  alt.Tooltip("wavelength (positions):Q", format=",.1f")]).properties(height=260),
         width="stretch")
-    rope_pair(inv)
-    n_heat = 512
-    gap = emb.rope_max_difference(lm, inv, n_heat)
-    ue.heatmap(emb.rope_cos_table(inv, n_heat).numpy(), height=160, diverging=True,
+    rope_pair(rope)
+    n_heat = rope.cos_table.shape[1]
+    ue.heatmap(rope.cos_table.numpy(), height=160, diverging=True,
                caption=f"cos(pos · θ_i) for each pair i (rows, fastest at the top) over positions 0…{n_heat - 1} "
                        f"(columns): blue −1, red +1. Slow pairs barely turn within {n_heat} positions: they tell far "
-                       f"distances apart. Checked against the model's own `rotary_emb`: max difference {gap:.1e}.")
+                       f"distances apart. Checked against the model's own `rotary_emb`: max difference "
+                       f"{rope.max_difference:.1e}.")
 
 
 # ---------------------------------------------------------------- 1. token embeddings
@@ -270,6 +270,6 @@ else:
 words = [(" " if leading_space else "") + w.strip() for w in words_text[:MAX_WORDS_CHARS].split(",") if w.strip()]
 state.share_link()
 how_computed(emb.nearest_neighbours, emb.pca_2d, emb.sinusoidal_encoding, emb.learned_position_similarity,
-             emb.rope_angles,
+             emb.rope_summary,
              command=f"python -m core embeddings {lm.spec.cli()} --tokens {shlex.quote(','.join(words[:20]) or ' king')} "
                      f"--k {st.session_state.get('emb_k', 10)}")

@@ -239,3 +239,15 @@ def test_page_widgets_embedded():
     at.run()
     assert_clean(at)
     assert at.slider(key="rope_pair").value == 7
+
+
+def test_rope_summary_is_the_models_own(load):
+    lm = load("tiny-llama")
+    rope = emb.rope_summary(lm, n_positions=64, max_distance=32)
+    assert rope.theta == 10_000.0 and rope.rope_type == "default" and rope.follows_formula
+    assert torch.equal(rope.inv_freq, emb.model_inv_freq(lm))
+    assert rope.wavelengths[0].item() == pytest.approx(2 * math.pi)  # theta_0 = 1 radian per position
+    assert rope.cos_table.shape == (rope.inv_freq.shape[0], 64) and rope.relative_score.shape == (33,)
+    assert rope.max_difference < 1e-5
+    with pytest.raises(ValueError, match="no rotary"):
+        emb.rope_summary(load("tiny-gpt2"))

@@ -12,7 +12,7 @@ from core.cli import main
 from core.jobs import REGISTRY
 from core.evaluate import divergence as D
 from core.evaluate import multiple_choice as MC
-from core.evaluate.perplexity import check_window, perplexity, plan_windows, window_nll
+from core.evaluate.perplexity import check_window, perplexity, plan_windows, text_ids, window_nll
 from core.models.capture import InputError
 from pagetest import assert_clean, run_page
 
@@ -191,10 +191,15 @@ def test_cli_bad_input_is_one_line(capsys):
     assert "larger than the window" in capsys.readouterr().err
 
 
-def test_page_perplexity_and_bad_input():
+def test_page_perplexity_and_bad_input(load):
     at = run_page("pages/18_Evaluation.py", "tiny-llama")
     assert_clean(at)
     assert any(m.label == "Perplexity" for m in at.metric)
+    at.number_input(key="eval_stride").set_value(1).run()  # one pass per token: dozens of windows drawn
+    assert_clean(at)
+    n = len(text_ids(load("tiny-llama"), at.text_area(key="eval_text").value)[0])
+    passes = next(m.value for m in at.metric if m.label == "Forward passes")
+    assert passes == str(len(plan_windows(n, 32, 1))) and int(passes) > 20
     at.number_input(key="eval_stride").set_value(999).run()
     assert_clean(at)
     assert any("larger than the window" in w.value for w in at.warning)

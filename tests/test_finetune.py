@@ -270,7 +270,8 @@ def test_page_previews_counts_then_runs_a_job(tmp_path, monkeypatch):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Step"] == "2 / 2" and metrics["Trainable"] == "1,792"
     assert any("saved in" in s.value for s in at.success)
-    assert at.dataframe[-1].value.shape[0] == 6  # the held-out prompts, before and after
+    answers = at.table[-1].value  # the held-out prompts, before and after
+    assert answers.shape == (6, 2) and answers.index[0] == "What is the capital of Italy?"
     assert (tmp_path / job.snapshot().result.run_dir.split("/")[-1] / "model" / "config.json").is_file()
 
 

@@ -129,6 +129,25 @@ def test_checkpoint_resume_continues_step_count_and_curve(tmp_path):
     assert (tmp_path / "b" / "samples.txt").read_text().count("--- step") == 2 + 1  # 6, 8 (end), 12
 
 
+def test_stop_writes_a_checkpoint_and_the_job_resumes_from_it(tmp_path):
+    from core.jobs import REGISTRY
+
+    config = replace(SMALL, max_iters=10_000, eval_interval=1000, sample_interval=0)
+    job = REGISTRY.start("pretrain", "test-stop", lambda j: train(config, tmp_path, j, export=False), total_steps=10_000)
+    deadline = time.time() + 120
+    while job.snapshot().step < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    job.stop()
+    snap = job.wait(120)
+    assert snap.status == "stopped" and not job.thread.is_alive()
+    stopped_at = int(ckpt.latest_checkpoint(tmp_path).name.split("-")[1])
+    assert stopped_at == snap.step >= 3 and len(ckpt.read_metrics(tmp_path)) == stopped_at
+    job = REGISTRY.start("pretrain", "test-stop", lambda j: train(replace(config, max_iters=stopped_at + 2), tmp_path,
+                                                                  j, resume=True, export=False))
+    snap = job.wait(120)
+    assert snap.status == "finished" and [r["step"] for r in snap.metrics] == list(range(1, stopped_at + 3))
+
+
 class _LrBomb(NullJob):
     """From step 10 on, the page 'sets' an absurd learning rate."""
 
@@ -239,9 +258,13 @@ def test_run_name_accepted_and_cap_removes_oldest_finished_of_the_owner_first(tm
 # ---------------------------------------------------------------- command line
 
 
-def _cli(*args, timeout=240, **env):
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    """`python -m core ARGS` in this process (the same entry point; a subprocess would import torch again)."""
+    from core.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def _small_json(tmp_path: Path, **changes) -> Path:
@@ -251,22 +274,25 @@ def _small_json(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def test_cli_short_run_and_resume(tmp_path):
-    out = _cli("train", "--config", str(_small_json(tmp_path)), "--out", str(tmp_path / "run"), "--max-iters", "4")
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+def test_cli_short_run_and_resume(tmp_path, capsys):
+    code, out, err = _cli(capsys, "train", "--config", str(_small_json(tmp_path)), "--out", str(tmp_path / "run"),
+                          "--max-iters", "4")
+    assert code == 0, err
+    result = json.loads(out)
     assert result["step"] == 4 and result["exported"] and result["parameters"] > 0
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:7] == ["step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
-    again = _cli("train", "--out", str(tmp_path / "run"), "--resume", "--max-iters", "6")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["step"] == 6 and len(ckpt.read_metrics(tmp_path / "run")) == 6
+    code, out, err = _cli(capsys, "train", "--out", str(tmp_path / "run"), "--resume", "--max-iters", "6")
+    assert code == 0, err
+    assert json.loads(out)["step"] == 6 and len(ckpt.read_metrics(tmp_path / "run")) == 6
+    assert "step 6: train loss" in err  # progress on stderr, JSON alone on stdout
 
 
-def test_cli_bad_config_is_one_line_exit_2(tmp_path):
-    out = _cli("train", "--config", str(_small_json(tmp_path, n_head=3)), "--out", str(tmp_path / "r"))
-    assert out.returncode == 2 and out.stderr.strip().startswith("error:") and "divisible" in out.stderr
-    assert "Traceback" not in out.stderr
+def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):
+    code, _, err = _cli(capsys, "train", "--config", str(_small_json(tmp_path, n_head=3)), "--out", str(tmp_path / "r"))
+    assert code == 2 and err.strip().startswith("error:") and "divisible" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _cli(capsys, "train", "--out", str(tmp_path / "nothing-here"), "--resume")
+    assert code == 2 and "no config.json" in err
 
 
 def test_shipped_baby_gpt_config_is_nanogpts():

@@ -95,13 +95,15 @@ def tree_frames(lm: LoadedModel, nodes: list[BeamNode], best_path: list[int], st
 
 def tree_chart(nodes: pd.DataFrame, edges: pd.DataFrame) -> alt.LayerChart:
     y = alt.Y("y:Q", scale=alt.Scale(reverse=True), axis=alt.Axis(title="candidate rank at its step", tickMinStep=1))
-    x = alt.X("x0:Q", title="step (0 = the prompt)", axis=alt.Axis(tickMinStep=1))
+    last = int(nodes["step"].max()) if len(nodes) else 1
+    x = alt.X("x0:Q", title="step (0 = the prompt)", axis=alt.Axis(tickMinStep=1),
+              scale=alt.Scale(domain=[0, last + 0.9]))  # room for the last step's token labels
     lines = alt.Chart(edges).mark_rule().encode(
         x=x, x2="x1:Q", y=alt.Y("y0:Q", scale=alt.Scale(reverse=True)), y2="y1:Q",
         color=alt.condition("datum.best", alt.value("#e8590c"), alt.value("#ced4da")),
         strokeWidth=alt.condition("datum.best", alt.value(3), alt.value(1)))
     points = alt.Chart(nodes).mark_circle(size=90).encode(
-        x=alt.X("step:Q"), y=y,
+        x=alt.X("step:Q", scale=alt.Scale(domain=[0, last + 0.9])), y=y,
         color=alt.Color("status:N", scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())),
                         legend=alt.Legend(orient="bottom", title=None)),
         tooltip=["step:Q", "token:N", alt.Tooltip("score:Q", format=".3f", title="log p so far"), "status:N",

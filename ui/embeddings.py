@@ -44,6 +44,38 @@ def cosines(lm: LoadedModel, token_ids: list[int]) -> np.ndarray:
     return emb.cosine_matrix(emb.token_vectors(lm, token_ids)).numpy()
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _rope(key: str, _lm: LoadedModel) -> emb.RopeSummary:
+    return emb.rope_summary(_lm)
+
+
+def rope(lm: LoadedModel) -> emb.RopeSummary:
+    """The model's RoPE frequencies, relative score and cos table, checked against its rotary_emb."""
+    return _rope(lm.spec.key, lm)
+
+
+def rotation(summary: emb.RopeSummary, pair: int, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(angles [n], the point (1, 0) rotated by each angle [n, 2]) for one frequency pair."""
+    angles = emb.rope_angles(summary.inv_freq, n_positions)[:, pair]
+    return angles.numpy(), emb.rotate_pair((1.0, 0.0), angles).numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def sinusoidal(n_positions: int, d_model: int) -> np.ndarray:
+    """[n_positions, d_model] the original Transformer's position encoding."""
+    return emb.sinusoidal_encoding(n_positions, d_model).numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _learned(key: str, n_positions: int, _lm: LoadedModel) -> np.ndarray:
+    return emb.learned_position_similarity(_lm, n_positions).numpy()
+
+
+def learned_similarity(lm: LoadedModel, n_positions: int) -> np.ndarray:
+    """[n, n] cosine similarity between the learned position vectors 0 … n-1."""
+    return _learned(lm.spec.key, n_positions, lm)
+
+
 def heatmap(matrix: np.ndarray, caption: str, width: int = 640, height: int = 320, **kwargs) -> None:
     """A server-rendered heatmap, each cell repeated to roughly `width` x `height` pixels (blocky, not blurred)."""
     rows, cols = matrix.shape

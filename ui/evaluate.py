@@ -103,7 +103,7 @@ def windows_chart(result: ppl.PerplexityResult) -> alt.Chart:
         x=alt.X("x0:Q", title="token position", scale=alt.Scale(domain=[-0.5, len(result.ids) - 0.5], nice=False)),
         x2="x1:Q",
         y=alt.Y("y0:Q", title="forward pass", scale=alt.Scale(domain=[n + 0.5, 0.5], nice=False),
-                axis=alt.Axis(values=list(range(1, n + 1)) if n <= 20 else None, format="d")),
+                axis=alt.Axis(values=list(range(1, n + 1))) if n <= 20 else alt.Axis(format="d", tickMinStep=1)),
         y2="y1:Q",
         color=alt.Color("part:N", scale=alt.Scale(domain=["context only", "scored"], range=["#c6dbef", "#2171b5"]),
                         legend=alt.Legend(title=None)),

@@ -97,7 +97,7 @@ def resumable_runs(source: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the live panel
 
 
-def loss_chart(metrics: tuple[dict[str, Any], ...]) -> alt.Chart | None:
+def loss_chart(metrics: tuple[dict[str, Any], ...], total_steps: int | None = None) -> alt.Chart | None:
     """Training loss per step (line) and held-out loss (points and line), both on response tokens only."""
     rows = [{"step": m["step"], "loss": m[k], "curve": label} for m in metrics
             for k, label in (("loss", "training batch"), ("val_loss", "held-out prompts"))
@@ -106,8 +106,10 @@ def loss_chart(metrics: tuple[dict[str, Any], ...]) -> alt.Chart | None:
         return None
     df = pd.DataFrame(rows)
     base = alt.Chart(df).encode(
-        x=alt.X("step:Q", title="optimizer step"),
-        y=alt.Y("loss:Q", title="cross-entropy on response tokens (nats)", scale=alt.Scale(zero=False)),
+        x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(format="d", tickMinStep=1),
+                scale=alt.Scale(domain=[0, max(1, total_steps or int(df["step"].max()))])),
+        y=alt.Y("loss:Q", title="cross-entropy on response tokens (nats)", scale=alt.Scale(zero=False),
+                axis=alt.Axis(format=".2f")),
         color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="top")),
         tooltip=["step", alt.Tooltip("loss:Q", format=".4f"), "curve"])
     return (base.mark_line() + base.mark_point(filled=True, size=30)).properties(height=280)
@@ -119,7 +121,7 @@ def answers_frame(snap: JobSnapshot) -> pd.DataFrame | None:
         return None
     pending = "… (after the run)" if snap.active else "—"
     return pd.DataFrame([{"prompt": p, "before": b or NO_TEXT, "after": after.get(p, pending) or NO_TEXT}
-                         for p, b in before.items()])
+                         for p, b in before.items()]).set_index("prompt")
 
 
 def last(metrics: tuple[dict[str, Any], ...], key: str) -> float | None:

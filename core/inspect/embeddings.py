@@ -9,6 +9,7 @@ position table of GPT-2 style models (`wpe`), and the rotary frequencies of Llam
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -225,3 +226,35 @@ def position_kind(lm: Any) -> str:
 def wavelengths(inv_freq: torch.Tensor) -> torch.Tensor:
     """`[d/2]` positions a frequency needs for one full turn: 2π / theta_i."""
     return 2 * math.pi / inv_freq.double()
+
+
+@dataclass(frozen=True)
+class RopeSummary:
+    """What the Embeddings page shows about a model's rotary embedding, from the model's own `inv_freq`.
+
+    inv_freq        [d/2]        theta_i, radians per position, fastest first
+    wavelengths     [d/2]        2 pi / theta_i, positions per full turn
+    relative_score  [max_distance + 1]  mean_i cos(distance * theta_i)
+    cos_table       [d/2, n_positions]  cos(pos * theta_i)
+    max_difference  largest |cos| gap between these angles and the model's rotary_emb over n_positions
+    """
+
+    theta: float | None
+    dim: int
+    rope_type: str
+    follows_formula: bool
+    inv_freq: torch.Tensor
+    wavelengths: torch.Tensor
+    relative_score: torch.Tensor
+    cos_table: torch.Tensor
+    max_difference: float
+
+
+def rope_summary(lm: Any, n_positions: int = 512, max_distance: int = 256) -> RopeSummary:
+    """The rotary embedding of `lm` (position_kind(lm) == "rope") read and checked against its module."""
+    inv = model_inv_freq(lm)
+    if inv is None:
+        raise ValueError("This model has no rotary position embedding.")
+    return RopeSummary(rope_theta(lm.config), rope_dim(lm.config), _rope.rope_type(lm.config),
+                       rope_follows_formula(lm), inv, wavelengths(inv), rope_relative_score(inv, max_distance),
+                       rope_cos_table(inv, n_positions), rope_max_difference(lm, inv, n_positions))

@@ -253,6 +253,7 @@ def finetune(job: Job, lm: LoadedModel, cfg: FinetuneConfig, run_dir: str | Path
     examples = fd.load_instructions() if examples is None else examples
     train_set, heldout = fd.split_examples(examples)
     prompts = list(dict.fromkeys([e.prompt for e in heldout] + [p for p in extra_prompts if p.strip()]))
+    job.report(phase="copying the model (the shared one is never trained)")
     try:
         model = working_copy(lm, cfg)
     except ValueError as exc:

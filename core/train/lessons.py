@@ -75,7 +75,7 @@ _add("init", "Init N(0, 0.02) vs a bad init N(0, 1)", "std 0.02 (scaled residual
       'already at 2.8; at step 400 the gap is still a full nat (validation 3.39 vs 2.32). A bad start costs'
       ' more than the steps it takes to recover from it.'))
 _add("dropout", "Dropout 0 vs 0.2 on a small slice", "dropout 0", {"dropout": 0.0}, "dropout 0.2",
-     {"dropout": 0.2}, {"max_chars": 10_000, "n_layer": 2, "n_embd": 96, "block_size": 64, "batch_size": 16,
+     {"dropout": 0.2}, {"max_chars": 5_000, "n_layer": 2, "n_embd": 96, "block_size": 64, "batch_size": 16,
                         "learning_rate": 3e-3, "max_iters": 400, "lr_decay_iters": 400, "min_lr": 3e-4,
                         "eval_interval": 25, "weight_decay": 0.0},
      "")
