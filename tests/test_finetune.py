@@ -262,8 +262,7 @@ def test_page_previews_counts_then_runs_a_job(tmp_path, monkeypatch):
     assert_clean(at)
     from core.jobs import REGISTRY
 
-    job = REGISTRY.get(at.query_params["finetune"][0] if isinstance(at.query_params["finetune"], list)
-                       else at.query_params["finetune"])
+    job = REGISTRY.get(at.query_params["finetune"])
     assert job.wait(300).status == "finished"
     at.run()
     assert_clean(at)
@@ -273,6 +272,17 @@ def test_page_previews_counts_then_runs_a_job(tmp_path, monkeypatch):
     answers = at.table[-1].value  # the held-out prompts, before and after
     assert answers.shape == (6, 2) and answers.index[0] == "What is the capital of Italy?"
     assert (tmp_path / job.snapshot().result.run_dir.split("/")[-1] / "model" / "config.json").is_file()
+    at.button(key="ft_again").click().run()  # back to the settings, the finished run offered for resuming
+    assert_clean(at)
+    assert "finetune" not in at.query_params and at.button(key="ft_start")
+    assert at.selectbox(key="ft_resume").options[1] == job.snapshot().result.run_dir.split("/")[-1]
+    at.selectbox(key="ft_resume").select_index(1).run()
+    at.number_input(key="ft_resume_steps").set_value(3).run()
+    at.button(key="ft_start").click().run()  # resume: the step count and the curve continue
+    resumed = REGISTRY.get(at.query_params["finetune"])
+    snap = resumed.wait(300)
+    assert snap.status == "finished" and [m["step"] for m in snap.metrics] == [0, 1, 2, 3]
+    assert snap.result.run_dir == job.snapshot().result.run_dir
 
 
 # ---------------------------------------------------------------- the embedded model

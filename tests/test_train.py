@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -176,6 +175,20 @@ def test_exploding_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert ckpt.load_checkpoint(last, m) == 10
     assert all(torch.isfinite(p).all() for p in m.parameters())
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "diverged"
+
+
+def test_lesson_alternates_two_runs_in_one_job():
+    from core.jobs import REGISTRY
+    from core.train.lessons import LESSONS, run_lesson
+
+    job = REGISTRY.start("lesson", "test-lesson", lambda j: run_lesson("init", j, max_iters=4), total_steps=4)
+    snap = job.wait(120)
+    assert snap.status == "finished", snap.message
+    labels = LESSONS["init"].labels
+    assert [r["run"] for r in snap.metrics] == list(labels) * 4 and snap.step == 4
+    first = {r["run"]: r["train_loss"] for r in snap.metrics if r["step"] == 1}
+    assert first[labels[1]] > 3 * first[labels[0]]  # N(0, 1) starts far above N(0, 0.02)
+    assert set(snap.result) == set(labels) and all(v["val_loss"] is not None for v in snap.result.values())
 
 
 # ---------------------------------------------------------------- export into stock transformers classes

@@ -20,7 +20,7 @@ from core.units import format_bytes
 from ui.jobs import owner_id, start_job
 
 JOB_PARAM = "finetune"  # the URL key holding the run's job id
-NO_TEXT = "(no text: an end-of-turn or other special token came first)"
+NO_TEXT = "(no text: only an end or special token)"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -110,7 +110,8 @@ def loss_chart(metrics: tuple[dict[str, Any], ...], total_steps: int | None = No
                 scale=alt.Scale(domain=[0, max(1, total_steps or int(df["step"].max()))])),
         y=alt.Y("loss:Q", title="cross-entropy on response tokens (nats)", scale=alt.Scale(zero=False),
                 axis=alt.Axis(format=".2f")),
-        color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="top")),
+        color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="top"),
+                        scale=alt.Scale(domain=["training batch", "held-out prompts"], range=["#6baed6", "#e6550d"])),
         tooltip=["step", alt.Tooltip("loss:Q", format=".4f"), "curve"])
     return (base.mark_line() + base.mark_point(filled=True, size=30)).properties(height=280)
 

