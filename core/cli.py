@@ -358,16 +358,15 @@ def cmd_lens(args: argparse.Namespace) -> Any:
 
 
 # Each section of the lab registers its own commands with @command in its `cli` module.
-SECTION_CLIS = ("core.train.cli", "core.align.cli", "core.decode.cli", "core.hardware.cli", "core.evaluate.cli")
+SECTION_CLIS = ("core.train.cli", "core.train.finetune_cli", "core.align.cli", "core.decode.cli",
+                "core.hardware.cli", "core.evaluate.cli")
 
 
 def _register_sections() -> None:
     import importlib
-    import importlib.util
 
     for name in SECTION_CLIS:
-        if importlib.util.find_spec(name.rsplit(".", 1)[0]) and importlib.util.find_spec(name):
-            importlib.import_module(name)
+        importlib.import_module(name)
 
 
 def main(argv: list[str] | None = None) -> int:

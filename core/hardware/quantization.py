@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -85,11 +87,14 @@ def weights_folder(lm: LoadedModel) -> str:
     if source in TINY_SOURCES:
         folder = cache_root() / "quantization-lab" / source
         if not (folder / "model.safetensors").is_file():
-            tmp = folder.with_name(f"{folder.name}.tmp")
+            tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
             lm.model.save_pretrained(tmp)
             folder.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
+            try:
+                tmp.rename(folder)
+            except OSError:  # another process saved the same model first; its copy is as good
+                shutil.rmtree(tmp, ignore_errors=True)
         return str(folder)
     return source  # a local folder or a Hub id
 

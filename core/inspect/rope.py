@@ -51,12 +51,15 @@ def rope_dim(config: Any) -> int:
     return int(head_dim * factor)
 
 
+def inverse_frequencies(theta: float, dim: int) -> torch.Tensor:
+    """`[dim / 2]` float32 frequencies theta^(-2i/dim), computed as transformers' default rotary embedding
+    computes them (so they match its `inv_freq` bit for bit)."""
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float) / dim))
+
+
 def rope_inv_freq(config: Any) -> torch.Tensor:
-    """`[rope_dim / 2]` float32 frequencies theta^(-2i/d) of the original RoPE, computed as transformers'
-    default rotary embedding computes them (so they match its `inv_freq` bit for bit)."""
-    d = rope_dim(config)
-    theta = rope_theta(config) or DEFAULT_THETA
-    return 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).to(torch.float) / d))
+    """The original RoPE's `[rope_dim / 2]` inverse frequencies for a Hugging Face config."""
+    return inverse_frequencies(rope_theta(config) or DEFAULT_THETA, rope_dim(config))
 
 
 @dataclass

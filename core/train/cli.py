@@ -56,10 +56,3 @@ def cmd_train(args: argparse.Namespace) -> Any:
     except JobError as exc:
         raise ValueError(str(exc)) from exc
 
-
-# The fine-tuning half of the section (helper C2's `python -m core finetune`) registers itself on import.
-try:
-    import core.train.finetune_cli  # noqa: E402,F401
-except ModuleNotFoundError as exc:  # only while that file does not exist
-    if exc.name != "core.train.finetune_cli":
-        raise

@@ -160,8 +160,11 @@ def configure(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     if cfg.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
+        # GPT-2's Conv1D stores W as [d_in, d_out], the transpose of nn.Linear: PEFT must know.
+        conv1d = any(type(m).__name__ == "Conv1D" for m in model.modules())
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=lora_target_modules(model, cfg.lora_targets), task_type="CAUSAL_LM")
+                          target_modules=lora_target_modules(model, cfg.lora_targets), task_type="CAUSAL_LM",
+                          fan_in_fan_out=conv1d)
         return get_peft_model(model, lora)
     model.requires_grad_(True)
     if cfg.mode == "freeze" and cfg.freeze_layers > 0:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.inspect.stepwise import rotate_half
+from core.inspect.rope import inverse_frequencies, rotate_half
 
 NORM_POSITIONS = ("pre", "post")
 NORMS = ("layernorm", "rmsnorm")
@@ -110,7 +110,7 @@ def make_norm(config: GPTConfig) -> nn.Module:
 def rope_cos_sin(config: GPTConfig, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """`[seq, head_dim]` cos and sin of t * theta_i, theta_i = base^(-2i/d), each angle used for both halves."""
     d = config.head_dim
-    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float, device=device) / d)
+    inv_freq = inverse_frequencies(config.rope_theta, d).to(device)
     freqs = torch.arange(seq_len, dtype=torch.float, device=device)[:, None] * inv_freq[None, :]
     angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos(), angles.sin()
