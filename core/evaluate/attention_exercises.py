@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from core.inspect.attention import kv_head_of
 from core.models.capture import InputError
 from core.models.loading import LoadedModel
 
@@ -265,7 +266,7 @@ def model_attention(lm: LoadedModel, text: str, layer: int, head: int) -> ModelA
         raise InputError(f"The text has {cap.seq_len} token{'s' if cap.seq_len != 1 else ''}; this exercise "
                          "needs three. Type a few more words.")
     steps = stepwise.layer_by_hand(lm, layer, cap.hidden_states[layer])
-    kv = head // (anatomy.n_heads // anatomy.n_kv_heads)
+    kv = kv_head_of(head, anatomy.n_heads, anatomy.n_kv_heads)
     q = steps.query_rope[head, 2]  # [d]: the third token asks
     keys = steps.key_rope[kv, :3]  # [3, d]
     values = steps.value_states[kv, :3]  # [3, d]
