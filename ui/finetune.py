@@ -89,8 +89,8 @@ def start(lm: LoadedModel, cfg: FinetuneConfig, run_name: str, extra_prompts: tu
                      controls={"lr": cfg.learning_rate})
 
 
-@st.cache_data(show_spinner=False, ttl=5)
 def resumable_runs(source: str) -> list[dict[str, Any]]:
+    """Not cached: a few small files per run, and a run saved a second ago must show."""
     return store.finetune_runs(base=source)
 
 
