@@ -296,3 +296,13 @@ def test_embedded_lora_count_and_loss_falls(embedded, tmp_path):
     _, result = run(embedded, cfg, tmp_path / "emb", fd.load_instructions())
     assert result.trainable == 460_800
     assert result.val_loss_end < result.val_loss_start
+
+
+def test_exploding_loss_fails_the_job_and_keeps_the_last_checkpoint(load, tmp_path):
+    lm = load("tiny-llama")
+    cfg = FinetuneConfig(mode="full", learning_rate=1e6, steps=20, **{**FAST, "checkpoint_every": 1})
+    snap = JobRegistry().start("finetune", "t", lambda j: finetune(j, lm, cfg, tmp_path / "r", FEW)).wait(120)
+    assert snap.status == "failed" and "The loss became" in snap.message and "too high" in snap.message
+    state = json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == snap.step  # the last finite step is the checkpoint kept
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "failed"
