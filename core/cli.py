@@ -248,7 +248,7 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
 def cmd_weights(args: argparse.Namespace) -> Any:
     import math
 
-    from core.inspect.weights import report, spectrum, weight_stats
+    from core.inspect.weights import matrix, report, spectrum, weight_stats
 
     if not (math.isfinite(args.threshold) and args.threshold > 0):
         raise ValueError(f"--threshold must be a positive number, got {args.threshold}")
@@ -263,7 +263,7 @@ def cmd_weights(args: argparse.Namespace) -> Any:
                      and args.matrix in (r["module"], r["kind"]) and len(r["shape"]) == 2), None)
         if name is None:
             raise ValueError(f"--spectrum needs a 2-D weight matrix; {args.matrix} in layer {args.layer} is not one")
-        spec = spectrum(lm.model.get_parameter(name))
+        spec = spectrum(matrix(lm.model, name))  # dequantized first, as on the page
         result["spectrum"] = {"parameter": name, "method": spec.method,
                               "effective_rank": spec.effective_rank, "stable_rank": spec.stable_rank,
                               "singular_values": spec.singular_values.tolist()}

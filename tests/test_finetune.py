@@ -300,7 +300,7 @@ def test_embedded_lora_count_and_loss_falls(embedded, tmp_path):
 
 def test_exploding_loss_fails_the_job_and_keeps_the_last_checkpoint(load, tmp_path):
     lm = load("tiny-llama")
-    cfg = FinetuneConfig(mode="full", learning_rate=1e6, steps=20, **{**FAST, "checkpoint_every": 1})
+    cfg = FinetuneConfig(mode="full", learning_rate=1e30, steps=20, **{**FAST, "checkpoint_every": 1})
     snap = JobRegistry().start("finetune", "t", lambda j: finetune(j, lm, cfg, tmp_path / "r", FEW)).wait(120)
     assert snap.status == "failed" and "The loss became" in snap.message and "too high" in snap.message
     state = json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())
