@@ -210,6 +210,7 @@ def test_cli_ppo_and_bad_input(capsys):
 
 
 @pytest.mark.embedded
+@pytest.mark.slow
 def test_short_dpo_run_raises_the_margin(embedded):
     before = checksum(embedded.model)
     res = dpo.run_dpo(embedded.model, embedded.tokenizer,
@@ -221,6 +222,7 @@ def test_short_dpo_run_raises_the_margin(embedded):
 
 
 @pytest.mark.embedded
+@pytest.mark.slow
 def test_short_grpo_run_raises_mean_reward(embedded):
     before = checksum(embedded.model)
     res = grpo.run_grpo(embedded.model, embedded.tokenizer, grpo.GRPOConfigLab(
@@ -234,6 +236,7 @@ def test_short_grpo_run_raises_mean_reward(embedded):
 
 
 @pytest.mark.embedded
+@pytest.mark.slow
 def test_reward_model_ranks_held_out_pairs(embedded):
     res = reward.train_reward_model(embedded.model, embedded.tokenizer, reward.RewardConfig(steps=40))
     assert res.test_accuracy_after >= 0.875, res.rows[-1]
