@@ -3,6 +3,7 @@ exception box; a screenshot of each lands in artifacts/screenshots/ (git-ignored
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -36,11 +37,15 @@ def free_port() -> int:
 MODELS = ("embedded", "tiny-gpt2")
 
 
-@pytest.fixture(scope="module", params=MODELS)
-def server(request, tmp_path_factory):
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def streamlit_server(model: str, log: Path):
+    """`streamlit run Home.py` on a free port with `model` as the default; yields its URL once healthy."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = {**os.environ, "LLM_LAB_DEFAULT_MODEL": request.param}
+    env = {**os.environ, "LLM_LAB_DEFAULT_MODEL": model}
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port),
@@ -56,22 +61,33 @@ def server(request, tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail(f"streamlit did not start:\n{log.read_text()}")
-        yield url, log, request.param
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def chromium():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def server(request, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    with streamlit_server(request.param, log) as url:
+        yield url, log, request.param
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
 
 
 def open_and_shoot(browser, url: str, name: str) -> list[str]:
