@@ -34,13 +34,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen, float]]:
-    """(url, process, seconds until /_stcore/health answered)."""
-    port = free_port()
+def streamlit_server(env: dict[str, str] | None = None, app_dir: Path | str = ROOT,
+                     port: int | None = None) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    """(url, process, seconds until /_stcore/health answered) of `streamlit run Home.py` in app_dir."""
+    port = port or free_port()
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env={**os.environ, **(env or {})},
+                            cwd=app_dir, env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -49,7 +50,7 @@ def streamlit_server(env: dict[str, str] | None = None) -> Iterator[tuple[str, s
                 urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
                 break
             except OSError:
-                if time.perf_counter() - start > 120:
+                if time.perf_counter() - start > 120 or proc.poll() is not None:
                     raise RuntimeError("streamlit did not start")
                 time.sleep(0.1)
         yield url, proc, time.perf_counter() - start
@@ -62,3 +63,9 @@ def wait_rendered(page, timeout_ms: int = 300_000) -> None:
     page.wait_for_selector("h1", timeout=timeout_ms)
     page.wait_for_selector("[data-testid='stMetric']", timeout=timeout_ms)
     page.wait_for_selector(DONE, timeout=timeout_ms)
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -10,8 +10,9 @@ Per inspection page: the first visit through the sidebar with the model already 
 of `--repeats` changes of the page's main control; on the Weights page fifteen rapid key presses on the
 layer slider (time from the last press). Then the class scenario: `--sessions` browser contexts open one
 shared link at once and each moves the layer slider its own number of steps: no exception, each session
-ends on its own value (no session sees another's state), the server's RSS with all sessions vs one session,
-p50/p95 of the settle times. Prints tables; targets: control <= 1.0 s, first visit <= 3 s, 15 presses
+ends on its own value (no session sees another's state), the server's RSS with all sessions connected and
+idle and at its peak while they run vs after one session, the server's CPU seconds for the class, p50/p95 of
+the settle times. Prints tables; targets: control <= 1.0 s, first visit <= 3 s, 15 presses
 settle within 3 s of the last one. Figures depend on the machine's load: say what else was running.
 """
 
@@ -21,15 +22,13 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import CHROMIUM, CHROMIUM_ARGS, ROOT, rss_mib  # noqa: E402
+from _util import CHROMIUM, CHROMIUM_ARGS, ROOT, cpu_seconds, rss_mib, streamlit_server  # noqa: E402
 
 from ui.navigation import available_pages  # noqa: E402
 
@@ -197,8 +196,7 @@ async def one_student(browser, link: str, steps: int) -> dict:
     final = int(await layer_slider().get_attribute("aria-valuetext"))
     in_url = f"w_layer={final}" in page.url
     errors = await page.locator("[data-testid='stException']").count()
-    await context.close()
-    return {"first": first, "times": times, "start": start_value, "final": final, "confirmed": value,
+    return {"context": context, "first": first, "times": times, "start": start_value, "final": final, "confirmed": value,
             "steps": steps, "lost": lost, "in_url": in_url, "errors": errors}
 
 
@@ -217,8 +215,9 @@ def class_scenario(url: str, pid: int, sessions: int) -> dict:
     async def run() -> tuple[float, list[dict]]:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            await one_student(browser, link, 2)  # one session: the baseline memory
+            await (await one_student(browser, link, 2))["context"].close()  # one session: the baseline memory
             one = tree_rss_mib(pid)
+            cpu0 = cpu_seconds(pid)
             thread = threading.Thread(target=sample, daemon=True)
             thread.start()
             results = await asyncio.gather(*(one_student(browser, link, 1 + i % 4) for i in range(sessions)),
@@ -229,10 +228,15 @@ def class_scenario(url: str, pid: int, sessions: int) -> dict:
             results = [r for r in results if not isinstance(r, BaseException)]
             stop.set()
             thread.join()
+            server_cpu = cpu_seconds(pid) - cpu0
+            await asyncio.sleep(3)
+            steady = tree_rss_mib(pid)  # every session still connected, none running
+            for r in results:
+                await r["context"].close()
             await browser.close()
-            return one, results
+            return one, steady, server_cpu, results
 
-    one, results = asyncio.run(run())
+    one, steady, server_cpu, results = asyncio.run(run())
     settle = sorted(t for r in results for t in r["times"])
     firsts = sorted(r["first"] for r in results)
     own = sum(r["final"] == r["confirmed"] and r["in_url"] for r in results)
@@ -240,7 +244,9 @@ def class_scenario(url: str, pid: int, sessions: int) -> dict:
     return {"sessions": sessions, "failed": sessions - len(results), "exceptions": sum(r["errors"] for r in results),
             "own state kept": f"{own}/{len(results)}", "reached target": f"{reached}/{len(results)}",
             "presses lost": sum(r["lost"] for r in results),
-            "rss one MiB": one, "rss peak MiB": peak[0], "rss growth": peak[0] / one - 1,
+            "rss one MiB": one, "rss all idle MiB": steady, "idle growth": steady / one - 1,
+            "rss peak MiB": peak[0], "peak growth": peak[0] / one - 1,
+            "server cpu s": server_cpu,
             "first p50 s": pct(firsts, 50), "first p95 s": pct(firsts, 95),
             "settle p50 s": pct(settle, 50), "settle p95 s": pct(settle, 95)}
 
@@ -285,18 +291,10 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "LLM_LAB_DEFAULT_MODEL": "embedded", "PYTHONPATH": args.app_dir}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(args.port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=args.app_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    # MALLOC_ARENA_MAX as `make run` and the Dockerfile serve the app (MALLOC_ARENA_MAX=64 shows glibc's usual behaviour).
+    env = {"LLM_LAB_DEFAULT_MODEL": "embedded", "PYTHONPATH": args.app_dir,
+           "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
+    with streamlit_server(env, app_dir=args.app_dir, port=args.port) as (url, proc, _):
         print(f"server up on {url} (pid {proc.pid}); load average {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs", flush=True)
         if not args.only_class:
@@ -310,10 +308,6 @@ def main() -> None:
             print(f"\nA class on one link ({args.sessions} browser contexts at once, Weights page):", flush=True)
             table([class_scenario(url, proc.pid, args.sessions)])
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
 
 if __name__ == "__main__":
     main()

@@ -354,6 +354,9 @@ def test_page_starts_a_short_job_and_shows_metrics(tmp_path, monkeypatch):
     assert_clean(at)
     labels = {m.label: m.value for m in at.metric}
     assert float(labels["val loss"]) == pytest.approx(snap.result["val_loss"], abs=1e-3)
+    # short enough not to be cut off in its column ("2.7e-4", not "2.65e-04"), and still the real rate
+    assert len(labels["learning rate"]) <= 7
+    assert float(labels["learning rate"]) == pytest.approx(snap.metrics[-1]["lr"], rel=0.05)
     assert (tmp_path / "page-test" / "model" / "config.json").is_file()
     # a second run with the same name is refused with a message, not overwritten
     at.button(key="pt_new").click().run()

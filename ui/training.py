@@ -144,7 +144,9 @@ def metric_strip(snap: JobSnapshot) -> None:
                 help="mean cross-entropy over eval_iters batches of the held-out split")
     c[2].metric("val perplexity", f"{math.exp(val):.2f}" if val is not None and val < 50 else "–",
                 help="exp(val loss): the model is as unsure as a uniform choice among this many tokens")
-    c[3].metric("learning rate", f"{last['lr']:.2e}" if last else "–")
+    # "2.7e-4", not "2.65e-04": six columns leave a metric about six characters before it is cut off
+    c[3].metric("learning rate", f"{last['lr']:.1e}".replace("e-0", "e-").replace("e+0", "e+") if last else "–",
+                help=f"{last['lr']:.4g}" if last else None)
     c[4].metric("grad norm", f"{last['grad_norm']:.3f}" if last else "–", help="before clipping")
     c[5].metric("tokens/s", f"{snap.info.get('tokens_per_s_mean', 0):,.0f}", help="mean since the start")
     params = snap.info.get("parameters")
