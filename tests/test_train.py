@@ -357,6 +357,13 @@ def test_page_starts_a_short_job_and_shows_metrics(tmp_path, monkeypatch):
     # short enough not to be cut off in its column ("2.7e-4", not "2.65e-04"), and still the real rate
     assert len(labels["learning rate"]) <= 7
     assert float(labels["learning rate"]) == pytest.approx(snap.metrics[-1]["lr"], rel=0.05)
+    # the schedule and the gradient norm are drawn per step from the job's own rows
+    import pyarrow as pa
+
+    for field in ("lr", "grad_norm"):
+        chart = next(c for c in at.get("vega_lite_chart") if f'"field": "{field}"' in c.proto.spec)
+        drawn = pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_all().to_pylist()
+        assert [r[field] for r in drawn] == pytest.approx([m[field] for m in snap.metrics])
     assert (tmp_path / "page-test" / "model" / "config.json").is_file()
     # a second run with the same name is refused with a message, not overwritten
     at.button(key="pt_new").click().run()

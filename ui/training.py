@@ -124,14 +124,14 @@ def loss_chart(rows: tuple[dict[str, Any], ...], color: str | None = None) -> al
     return alt.layer(*layers).properties(height=300)
 
 
-def lr_chart(rows: tuple[dict[str, Any], ...]) -> alt.Chart | None:
-    if not rows:
+def step_chart(rows: tuple[dict[str, Any], ...], field: str, title: str) -> alt.Chart | None:
+    """One per-step series of the run: the learning rate (warmup, cosine decay, a live change) or the gradient norm."""
+    df = _thin(pd.DataFrame(list(rows)))[["step", field]].dropna() if rows else pd.DataFrame()
+    if df.empty:
         return None
-    df = _thin(pd.DataFrame(list(rows))[["step", "lr", "grad_norm"]].dropna())
-    long = df.melt("step", var_name="series", value_name="value")
-    return alt.Chart(long).mark_line().encode(
-        alt.X("step:Q"), alt.Y("value:Q", title=None), alt.Color("series:N", title=None),
-        alt.Row("series:N", title=None)).resolve_scale(y="independent").properties(height=90)
+    return alt.Chart(df).mark_line().encode(
+        alt.X("step:Q"), alt.Y(f"{field}:Q", title=None),
+        tooltip=["step", alt.Tooltip(f"{field}:Q", format=".3g")]).properties(height=230, title=title)
 
 
 def metric_strip(snap: JobSnapshot) -> None:
@@ -163,6 +163,9 @@ def draw_training(snap: JobSnapshot) -> None:
     chart = loss_chart(snap.metrics)
     if chart is not None:
         st.altair_chart(chart, width="stretch")
+        for column, (field, title) in zip(st.columns(2), (("lr", "learning rate"),
+                                                          ("grad_norm", "gradient norm (before clipping)"))):
+            column.altair_chart(step_chart(snap.metrics, field, title), width="stretch")
     if snap.info.get("sample"):
         st.markdown(f"**Sample at step {snap.info.get('sample_step')}** (temperature 0.8, top-k 200)")
         st.code(snap.info["sample"], language=None, wrap_lines=True)
