@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 
 import streamlit as st
@@ -122,6 +123,9 @@ if kl_result is not None:
                "models' most likely next token differs.")
     if kl_result.truncated:
         st.warning("The text was cut at the shorter context of the two models.")
+    if not math.isfinite(kl_result.mean):
+        st.warning("A model produced inf or NaN logits on this text (float16 on a CPU can overflow), so the KL is "
+                   "not a number; try bfloat16 or float32.")
 
 # ---------------------------------------------------------------- multiple choice
 st.header("Multiple choice (HellaSwag style)")

@@ -44,7 +44,7 @@ def test_offline_hub_id_is_a_clear_fast_error(monkeypatch):
 
 
 def test_model_too_big_is_refused_with_figures(tmp_path, monkeypatch):
-    if models.available_bytes("auto") > 30 * 2**30:  # a big GPU host: pretend to be this 24 GiB machine
+    if memory.available_bytes("auto") > 30 * 2**30:  # a big GPU host: pretend to be this 24 GiB machine
         monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * 2**30)
     folder = tmp_path / "mistral"
     folder.mkdir()

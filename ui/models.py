@@ -19,7 +19,6 @@ from core.models.loading import (
     DTYPES,
     EMBEDDED,
     QUANTIZATIONS,
-    TINY_SOURCES,
     LoadedModel,
     ModelLoadError,
     ModelSpec,

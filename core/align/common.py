@@ -105,11 +105,6 @@ def sequence_logprobs(model: PreTrainedModel, tokenizer: Any, prompt_texts: list
     return torch.cat(out)
 
 
-def sequence_logprob(model: PreTrainedModel, tokenizer: Any, prompt_text: str, completion: str) -> float:
-    """log π(y | x) of one completion (see sequence_logprobs)."""
-    return float(sequence_logprobs(model, tokenizer, [prompt_text], [completion])[0])
-
-
 @torch.no_grad()
 def greedy_answers(model: PreTrainedModel, tokenizer: Any, prompts: list[str], max_new_tokens: int = 40) -> list[str]:
     """The model's greedy answer to each prompt (chat-formatted), for before/after comparisons."""

@@ -191,7 +191,7 @@ def compare(lm: LoadedModel, text: str, strategies: list[Strategy], max_new_toke
         cache.batch_repeat_interleave(n)
     logits = out.logits[:, -1].float().expand(n, -1)  # [rows, vocab]
     history = prompt.expand(n, -1) if any_penalty else None  # [rows, seq]: what the penalty looks at
-    forwards, records = 1, []
+    forwards = 1
     for step in range(max_new_tokens):
         log_probs = logits.log_softmax(-1)  # [rows, vocab], the model's own distribution
         probs = log_probs.exp()

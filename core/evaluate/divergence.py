@@ -11,7 +11,6 @@ unrelated vocabularies.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -126,12 +125,3 @@ def kl_on_text(model_p: LoadedModel, model_q: LoadedModel, text: str, max_tokens
     result = next_token_kl(model_p, model_q, ids)
     result.truncated = len(ids) < n
     return result
-
-
-def summary_line(result: KLResult) -> str:
-    """'mean KL 0.0123 nats · max 0.41 · top-1 agreement 96.0% (24/25)'."""
-    agree = sum(a == b for a, b in zip(result.top1_p, result.top1_q))
-    mean = result.mean
-    return (f"mean KL {mean:.4g} nats · max {result.max:.3g} · top-1 agreement "
-            f"{100 * result.top1_agreement:.1f}% ({agree}/{len(result.ids)})"
-            + ("" if math.isfinite(mean) else " (non-finite: a model produced inf/NaN logits)"))

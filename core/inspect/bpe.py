@@ -135,10 +135,6 @@ class BPEResult:
     def ranks(self) -> dict[Pair, int]:
         return {m.pair: m.rank for m in self.merges}
 
-    @property
-    def max_reached(self) -> bool:
-        return self.notice is not None
-
 
 def corpus_words(text: str) -> dict[str, int]:
     """Unique words -> frequency, in order of first appearance (the order ties are broken in)."""

@@ -30,8 +30,6 @@ from core.models.loading import LoadedModel
 __all__ = ["GPT2_TYPES", "LLAMA_TYPES", "Anatomy", "UnsupportedModel", "anatomy", "RopeTables", "apply_rope",
            "rotate_half"]
 
-GPT2_TYPES = ("gpt2",)
-LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 PARITY_TOLERANCE = 1e-4  # float32
 
 

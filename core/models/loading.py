@@ -33,7 +33,7 @@ from transformers import (
 
 from core.inspect.architecture import config_dims, detect_family
 from core.models.dequantize import MATMUL8BIT_NOTICE  # noqa: F401 - also installs the log filter
-from core.models.memory import available_bytes, bytes_per_parameter, check_fits, estimate_weight_bytes  # noqa: F401
+from core.models.memory import check_fits
 
 EMBEDDED = "embedded"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

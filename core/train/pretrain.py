@@ -85,7 +85,7 @@ def estimate_step_bytes(config: TrainConfig, vocab_size: int) -> int:
 
 
 def check_memory(config: TrainConfig, vocab_size: int) -> None:
-    from core.models.loading import available_bytes
+    from core.models.memory import available_bytes
     from core.units import format_bytes
 
     need = estimate_step_bytes(config, vocab_size)
