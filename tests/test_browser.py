@@ -42,10 +42,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 
 
 @contextlib.contextmanager
-def streamlit_server(model: str, log: Path):
+def streamlit_server(model: str, log: Path, env: dict[str, str] | None = None):
     """`streamlit run Home.py` on a free port with `model` as the default; yields its URL once healthy."""
     port = free_port()
-    env = {**os.environ, "LLM_LAB_DEFAULT_MODEL": model}
+    env = {**os.environ, "LLM_LAB_DEFAULT_MODEL": model, **(env or {})}
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port),
