@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, InputError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    json.dump(result, sys.stdout, indent=2, default=str)
-    print()
+    if result is not None:  # None: a command with nothing to say here (a non-main torchrun process)
+        json.dump(result, sys.stdout, indent=2, default=str)
+        print()
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,13 @@ def cmd_train(args: argparse.Namespace) -> Any:
     from core.train.pretrain import NullJob, train
 
     config = _read_config(args)
+    # Under torchrun every process runs this; only the main one (RANK 0) reports, or the outputs interleave.
+    main = os.environ.get("RANK", "0") == "0"
+    progress = (lambda m: print(m, file=sys.stderr, flush=True)) if main else None
     try:
-        return train(config, Path(args.out), NullJob(progress=lambda m: print(m, file=sys.stderr, flush=True)),
-                     resume=args.resume, export=not args.no_export)
+        result = train(config, Path(args.out), NullJob(progress=progress), resume=args.resume,
+                       export=not args.no_export)
     except JobError as exc:
         raise ValueError(str(exc)) from exc
+    return result if main else None
 
