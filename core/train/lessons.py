@@ -46,24 +46,24 @@ def _add(key: str, title: str, label_a: str, a: dict, label_b: str, b: dict, com
 _add("warmup", "Warmup vs none", "no warmup", {"warmup_iters": 0}, "100 warmup steps", {"warmup_iters": 100},
      {"learning_rate": 1e-2, "n_layer": 4, "grad_clip": 0.0},
      ('At this high rate (1e-2, no clipping) the run without warmup drops fastest for four steps, then '
-      'jumps back up (loss 3.24 at step 4, 3.67 at step 5) and never catches up: it stays about 0.35 nats '
-      'above the warmed-up run to the end (validation 2.65 vs 2.30 at step 400 when we ran it). The warmed-'
+      'jumps back up (loss 3.24 at step 4, 3.67 at step 5) and never catches up: it stays about 0.3 nats '
+      'above the warmed-up run to the end (validation 2.64 vs 2.33 at step 400 when we ran it). The warmed-'
       'up run looks slow at first (the rate starts near 1e-4, so the loss is still 3.8 at step 10) but '
       "overtakes by step 25. Early on, Adam's moment estimates come from a handful of gradients; full-size "
       'steps taken on them push the model somewhere it does not easily leave.'))
 _add("clipping", "Gradient clipping vs none at a high learning rate", "no clipping", {"grad_clip": 0.0},
      "clip at 1.0", {"grad_clip": 1.0}, {"learning_rate": 3e-2, "n_layer": 4, "warmup_iters": 0},
      ('Both runs suffer at this rate (3e-2): the loss bounces around 3.2-3.4 for the first hundred steps. '
-      'Clipping at 1.0 ends a little lower (validation 2.74 vs 2.81 at step 400 when we ran it), and the '
-      'two curves stay close. That is the lesson: with AdamW each update is already divided by a running '
-      'scale of the gradient, so clipping only changes the steps whose norm spikes above the threshold '
-      '(here the norm rarely passed 2). Watch the gaps open at the spikes; then try the warmup lesson, the '
-      'bigger lever.'))
+      'Clipping at 1.0 ends only a hair lower (validation 2.76 vs 2.78 at step 400 when we ran it; between '
+      'steps 100 and 275 it was even behind), and the two curves stay close. That is the lesson: with AdamW '
+      'each update is already divided by a running scale of the gradient, so clipping only changes the steps '
+      'whose norm spikes above the threshold, and here the norm passed 1.0 on just 9 of 400 steps. Watch '
+      'the gradient-norm spikes; then try the warmup lesson, the bigger lever.'))
 _add("norm", "Pre-LN vs post-LN", "pre-LN", {"norm_position": "pre"}, "post-LN", {"norm_position": "post"},
      {"n_layer": 6, "learning_rate": 3e-3, "warmup_iters": 0},
      ("With 6 layers, rate 3e-3 and no warmup, the post-LN model (the original Transformer's layout) gets "
-      'stuck: its validation loss sits at 3.44-3.45 from step 25 to step 400 when we ran it, roughly what '
-      'predicting character frequencies alone gives, while pre-LN goes down to 2.40. In post-LN every '
+      'stuck: its validation loss sits at 3.43-3.45 from step 25 to step 400 when we ran it, roughly what '
+      'predicting character frequencies alone gives, while pre-LN goes down to 2.55. In post-LN every '
       'gradient has to pass through a LayerNorm per sub-layer on the way down, and without warmup the first'
       ' updates wreck it (Xiong et al. 2020); pre-LN keeps an untouched identity path from the loss to '
       'every layer.'))
@@ -71,8 +71,8 @@ _add("init", "Init N(0, 0.02) vs a bad init N(0, 1)", "std 0.02 (scaled residual
      "std 1.0", {"init": "bad"}, {},
      ('The bad init starts at a loss of 18.7 nats where guessing uniformly among 65 characters would give '
       'ln 65 = 4.17: with N(0, 1) weights the logits are huge and confidently wrong. It spends its first 50'
-      ' steps just shrinking them (8.5 at step 25, 4.8 at step 50 when we ran it), while the 0.02 init is '
-      'already at 2.8; at step 400 the gap is still a full nat (validation 3.39 vs 2.32). A bad start costs'
+      ' steps just shrinking them (validation 8.4 at step 25, 4.8 at step 50 when we ran it), while the 0.02 init is '
+      'already at 2.8; at step 400 the gap is still a full nat (validation 3.38 vs 2.32). A bad start costs'
       ' more than the steps it takes to recover from it.'))
 _add("dropout", "Dropout 0 vs 0.2 on a small slice", "dropout 0", {"dropout": 0.0}, "dropout 0.2",
      {"dropout": 0.2}, {"max_chars": 5_000, "n_layer": 2, "n_embd": 96, "block_size": 64, "batch_size": 16,
@@ -82,7 +82,7 @@ _add("dropout", "Dropout 0 vs 0.2 on a small slice", "dropout 0", {"dropout": 0.
       'training loss fell from 2.1 at step 100 to 1.3 at step 400 while its validation loss bottomed out '
       'near 2.45 around steps 175-250 and then turned up, to 2.57 at step 400. That upturn, with the gap '
       'between the two curves widening, is overfitting. With dropout 0.2 the training loss stays higher '
-      '(2.1 at step 400) but the validation loss keeps creeping down, to 2.40: each step trains a random '
+      '(2.1 at step 400) but the validation loss keeps creeping down, to 2.38: each step trains a random '
       'sub-network, so no single path can memorise the text.'))
 
 
