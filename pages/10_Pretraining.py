@@ -30,7 +30,11 @@ PRESETS = {
     "Original Transformer (post-LN, learned positions, GELU)": ("post", "layernorm", "learned", "gelu"),
 }
 
-tab_train, tab_lessons = st.tabs(["Train a model", "Training lessons"])
+# Keyed: an unkeyed tab bar is rebuilt, back on its first tab, whenever what stands above it changes
+# (a start message), which threw a student who had just started a lesson back onto "Train a model".
+TABS = ("Train a model", "Training lessons")
+lesson_link = T.LESSON_PARAM in st.query_params and T.TRAIN_PARAM not in st.query_params
+tab_train, tab_lessons = st.tabs(TABS, key="pt_tab", on_change="rerun", default=TABS[1] if lesson_link else None)
 
 
 def configure() -> TrainConfig:

@@ -70,3 +70,27 @@ def test_training_runs_live_without_clicks_and_a_reload_reattaches(server):
         assert params(page)["train"] == run_id
         assert "browser-run" in status_line(page) and f"{STEPS} / {STEPS}" in status_line(page)
         no_exception(page)
+
+
+def test_a_lesson_started_from_its_tab_stays_on_that_tab_and_runs_to_the_end(server):
+    url, _runs = server
+    with chromium() as browser:
+        page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
+        page.goto(f"{url}/Pretraining")
+        settle(page)
+        page.get_by_role("tab", name="Training lessons").click()
+        settle(page)
+        page.get_by_role("button", name="▶ Run this lesson").click()
+        page.wait_for_function("() => new URL(location.href).searchParams.has('lesson')", timeout=60_000)
+        settle(page)
+        assert page.get_by_role("tab", name="Training lessons").get_attribute("aria-selected") == "true"
+        # the first lesson (warmup) ends with one final validation loss per run in its caption
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=stMain] p')].some("
+            "p => p.innerText.includes('no warmup: val loss') && p.innerText.includes('at step 400'))",
+            timeout=180_000)
+        no_exception(page)
+        page.reload()
+        settle(page)
+        assert page.get_by_role("tab", name="Training lessons").get_attribute("aria-selected") == "true"
+        no_exception(page)
