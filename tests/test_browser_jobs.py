@@ -3,7 +3,9 @@ alone (AppTest never fires run_every, so only a browser can show it), and a relo
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -36,12 +38,25 @@ def status_line(page) -> str:
     return " ".join(t for t in page.locator("[data-testid='stMain'] p").all_inner_texts() if "pre-training" in t)
 
 
-def test_training_runs_live_without_clicks_and_a_reload_reattaches(server):
-    url, runs = server
+@contextlib.contextmanager
+def pretraining_page(url: str):
     with chromium() as browser:
         page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
         page.goto(f"{url}/Pretraining")
         settle(page)
+        yield page
+
+
+def wait_for_paragraph(page, *parts: str) -> None:
+    """Until one paragraph of the page holds every part (nobody touches the page meanwhile)."""
+    test = " && ".join(f"p.innerText.includes({json.dumps(part)})" for part in parts)
+    page.wait_for_function(f"() => [...document.querySelectorAll('[data-testid=stMain] p')].some(p => {test})",
+                           timeout=180_000)
+
+
+def test_training_runs_live_without_clicks_and_a_reload_reattaches(server):
+    url, runs = server
+    with pretraining_page(url) as page:
         for label, value in (("Layers", 1), ("Width (n_embd)", 32), ("Block size", 16), ("Steps", STEPS),
                              ("Evaluate + checkpoint every", 20), ("Eval batches", 2),
                              ("Sample every (0: never)", 20), ("Use the first N characters (0: all)", 20_000)):
@@ -53,10 +68,7 @@ def test_training_runs_live_without_clicks_and_a_reload_reattaches(server):
         page.wait_for_function("() => new URL(location.href).searchParams.has('train')", timeout=60_000)
         run_id = params(page)["train"]
         # From here on nobody touches the page: only the fragment's timer can bring the run to its end.
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('[data-testid=stMain] p')].some("
-            f"p => p.innerText.includes('finished') && p.innerText.includes('{STEPS} / {STEPS}'))",
-            timeout=180_000)
+        wait_for_paragraph(page, "finished", f"{STEPS} / {STEPS}")
         settle(page)  # the status line comes first in the fragment's rerun; let the metrics below it arrive
         no_exception(page)
         val = page.locator("[data-testid='stMetric']").filter(has_text="val loss").locator(
@@ -74,10 +86,7 @@ def test_training_runs_live_without_clicks_and_a_reload_reattaches(server):
 
 def test_a_lesson_started_from_its_tab_stays_on_that_tab_and_runs_to_the_end(server):
     url, _runs = server
-    with chromium() as browser:
-        page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
-        page.goto(f"{url}/Pretraining")
-        settle(page)
+    with pretraining_page(url) as page:
         page.get_by_role("tab", name="Training lessons").click()
         settle(page)
         page.get_by_role("button", name="▶ Run this lesson").click()
@@ -85,10 +94,7 @@ def test_a_lesson_started_from_its_tab_stays_on_that_tab_and_runs_to_the_end(ser
         settle(page)
         assert page.get_by_role("tab", name="Training lessons").get_attribute("aria-selected") == "true"
         # the first lesson (warmup) ends with one final validation loss per run in its caption
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('[data-testid=stMain] p')].some("
-            "p => p.innerText.includes('no warmup: val loss') && p.innerText.includes('at step 400'))",
-            timeout=180_000)
+        wait_for_paragraph(page, "no warmup: val loss", "at step 400")
         no_exception(page)
         page.reload()
         settle(page)
