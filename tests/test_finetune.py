@@ -18,6 +18,8 @@ from core.train import finetune_store as store
 from core.train.finetune import (FinetuneConfig, blocks, finetune, preview, trainable_parameters,
                                  validate, working_copy)
 from pagetest import assert_clean, run_page
+from ui.finetune import NO_TEXT
+from ui.text import md
 
 FAST = dict(max_new_tokens=2, eval_every=2, checkpoint_every=2, batch_size=2)
 FEW = fd.load_instructions()[:6] + [e for e in fd.load_instructions() if e.split == "heldout"][:2]
@@ -251,7 +253,8 @@ def test_cli_finetune_prints_json_and_refuses_bad_input(tmp_path, capsys):
 
 def test_page_previews_counts_then_runs_a_job(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_LAB_RUNS", str(tmp_path))
-    at = run_page("pages/11_Fine_tuning.py", ft_steps=2, ft_r=4, ft_batch=2)
+    own = "1. Say **hi** in `code` for $5"  # Markdown, LaTeX and a list marker: must show as typed
+    at = run_page("pages/11_Fine_tuning.py", ft_steps=2, ft_r=4, ft_batch=2, ft_prompt=own)
     assert_clean(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Trainable parameters"] == f"{2 * 4 * (128 + 96):,}"  # tiny-llama q,v at r = 4
@@ -269,8 +272,12 @@ def test_page_previews_counts_then_runs_a_job(tmp_path, monkeypatch):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Step"] == "2 / 2" and metrics["Trainable"] == "1,792"
     assert any("saved in" in s.value for s in at.success)
-    answers = at.table[-1].value  # the held-out prompts, before and after
-    assert answers.shape == (6, 2) and answers.index[0] == "What is the capital of Italy?"
+    answers = at.table[-1].value  # your prompt and the held-out prompts, before and after
+    assert answers.shape == (7, 2) and answers.index[0] == "What is the capital of Italy?"
+    # st.table renders cells as Markdown: every cell is escaped, so it reads exactly as typed or generated
+    before = job.snapshot().info["before"]
+    assert answers.index[-1] == md(own) == r"1\. Say \*\*hi\*\* in \`code\` for \$5"
+    assert list(answers["before"]) == [md(b) if b else NO_TEXT for b in before.values()]
     assert (tmp_path / job.snapshot().result.run_dir.split("/")[-1] / "model" / "config.json").is_file()
     at.button(key="ft_again").click().run()  # back to the settings, the finished run offered for resuming
     assert_clean(at)

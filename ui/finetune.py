@@ -18,6 +18,7 @@ from core.train.finetune import FinetuneConfig, default_lora_targets, finetune, 
 from core.train.runs import enforce_cap, runs_cap_bytes
 from core.units import format_bytes
 from ui.jobs import owner_id, start_job
+from ui.text import md
 
 JOB_PARAM = "finetune"  # the URL key holding the run's job id
 NO_TEXT = "(no text: only an end or special token)"
@@ -117,11 +118,14 @@ def loss_chart(metrics: tuple[dict[str, Any], ...], total_steps: int | None = No
 
 
 def answers_frame(snap: JobSnapshot) -> pd.DataFrame | None:
+    """Prompt -> the answers before and after, escaped: st.table renders its cells as Markdown, and a model's
+    "1." or "**" must read as the model wrote it, not as a list or bold type."""
     before, after = snap.info.get("before"), snap.info.get("after") or {}
     if not before:
         return None
     pending = "… (after the run)" if snap.active else "—"
-    return pd.DataFrame([{"prompt": p, "before": b or NO_TEXT, "after": after.get(p, pending) or NO_TEXT}
+    return pd.DataFrame([{"prompt": md(p), "before": md(b) if b else NO_TEXT,
+                          "after": md(after[p]) if after.get(p) else (pending if p not in after else NO_TEXT)}
                          for p, b in before.items()]).set_index("prompt")
 
 

@@ -18,6 +18,7 @@ from core.jobs import Job, JobError, JobSnapshot
 from core.models.loading import LoadedModel
 from core.units import format_duration
 from ui.jobs import attached_job, job_controls, live_panel, start_job
+from ui.text import md
 
 SFT_PROMPT = "How do I make a cup of tea?"
 
@@ -132,7 +133,8 @@ def sft_step(lm: LoadedModel) -> None:
         color=alt.Color("answer:N", title=None, legend=alt.Legend(orient="top")), xOffset="answer:N",
         tooltip=["answer", "token", alt.Tooltip("nll:Q", format=".3f", title="−log p")]).properties(height=240)
     st.altair_chart(chart, width="stretch")
-    st.markdown(f"**The model's own answer** (greedy): {answers(lm.spec.key, (prompt,), 40, lm)[0] or '(empty)'}")
+    own = answers(lm.spec.key, (prompt,), 40, lm)[0]
+    st.markdown(f"**The model's own answer** (greedy): {md(own) if own else '(empty)'}")
     st.caption("SFT teaches imitation, not preference: it never sees a *bad* answer. The next steps use "
                "comparisons between answers.")
 
