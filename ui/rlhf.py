@@ -232,7 +232,7 @@ def ppo_step(lm: LoadedModel) -> None:
     if ex is None:
         st.info("Press the button: the numbers below come from the loaded model (a few seconds on a CPU).")
         return
-    st.markdown(f"**Rollout** for “{ex.prompt}”: {ex.completion!r}")
+    st.markdown(f"**Rollout** for “{md(ex.prompt)}”: {md(repr(ex.completion))}")
     m = st.columns(5)
     m[0].metric("Reward R", f"{ex.reward:.3f}")
     m[1].metric("Advantage A = R − V", f"{ex.advantage:+.3f}")
