@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.inspect.weights import pool_matrix, spectrum, weight_stats  # noqa: E402
+from core.inspect.matrix import pool_matrix, spectrum  # noqa: E402
+from core.inspect.weights import weight_stats  # noqa: E402
 
 REFERENCE = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 

@@ -248,7 +248,8 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
 def cmd_weights(args: argparse.Namespace) -> Any:
     import math
 
-    from core.inspect.weights import matrix, report, spectrum, weight_stats
+    from core.inspect.matrix import spectrum
+    from core.inspect.weights import matrix, report, weight_stats
 
     if not (math.isfinite(args.threshold) and args.threshold > 0):
         raise ValueError(f"--threshold must be a positive number, got {args.threshold}")

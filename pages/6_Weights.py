@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.inspect import matrix as matrix_view
 from core.inspect import weights as core_weights
 from core.models.loading import LoadedModel
 from ui import weights as ui
@@ -19,8 +20,8 @@ share_link()
 
 def explain(layer: int | None = None, matrix: str | None = None) -> None:
     one = f" --layer {layer} --matrix {matrix} --spectrum" if layer is not None and matrix else ""
-    how_computed(core_weights.compute_weight_stats, core_weights.tensor_stats, core_weights.spectrum,
-                 core_weights.effective_rank, core_weights.pool_matrix,
+    how_computed(core_weights.compute_weight_stats, core_weights.tensor_stats, matrix_view.spectrum,
+                 matrix_view.effective_rank, matrix_view.pool_matrix,
                  command=f"python -m core weights {lm.spec.cli()}{one} --json",
                  note="Every number is read from the loaded model's parameters, one parameter at a time in "
                       f"float32 chunks of {core_weights.CHUNK:,} weights (memory stays bounded even for a "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.inspect import matrix as M
 from core.inspect import weights as W
 from pagetest import assert_clean, run_page
 
@@ -143,36 +144,36 @@ def test_effective_rank_of_a_low_rank_matrix():
     u, _ = torch.linalg.qr(torch.randn(60, 5, generator=g, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(40, 5, generator=g, dtype=torch.float64))
     w = (u @ v.T).float()  # five singular values equal to 1, the rest 0
-    s = W.spectrum(w)
+    s = M.spectrum(w)
     assert s.singular_values[:5] == pytest.approx([1.0] * 5, abs=1e-5)
     assert s.effective_rank == pytest.approx(5.0, rel=1e-4)
     assert s.stable_rank == pytest.approx(5.0, rel=1e-4)
-    assert W.effective_rank(np.array([3.0, 0, 0])) == pytest.approx(1.0)
+    assert M.effective_rank(np.array([3.0, 0, 0])) == pytest.approx(1.0)
 
 
 def test_gram_spectrum_matches_svdvals():
     w = torch.randn(300, 40, generator=torch.Generator().manual_seed(5))
-    direct, gram = W.spectrum(w), W.spectrum(w, max_direct=0)
+    direct, gram = M.spectrum(w), M.spectrum(w, max_direct=0)
     assert "Gram" in gram.method
     np.testing.assert_allclose(gram.singular_values, direct.singular_values, rtol=1e-4)
-    np.testing.assert_allclose(W.spectrum(w.T, max_direct=0).singular_values, direct.singular_values, rtol=1e-4)
+    np.testing.assert_allclose(M.spectrum(w.T, max_direct=0).singular_values, direct.singular_values, rtol=1e-4)
 
 
 def test_pooling_bounds_and_values():
-    assert W.pooled_shape(49152, 576) == (285, 70)
-    assert W.pooled_shape(64, 192) == (64, 192)  # small: one pixel per weight
+    assert M.pooled_shape(49152, 576) == (285, 70)
+    assert M.pooled_shape(64, 192) == (64, 192)  # small: one pixel per weight
     for rows, cols in [(49152, 576), (576, 1536), (8960, 1536), (1, 100_000)]:
-        r, c = W.pooled_shape(rows, cols)
+        r, c = M.pooled_shape(rows, cols)
         assert r * c <= 20_000 and r <= rows and c <= cols
     # 4 x 4 blocks of a matrix that is constant on each block pool to those constants.
     blocks = torch.arange(12.0).reshape(3, 4)
     w = blocks.repeat_interleave(40, 0).repeat_interleave(50, 1)  # 120 x 200 = 24,000 cells
-    out = W.pool_matrix(w, max_cells=12)
+    out = M.pool_matrix(w, max_cells=12)
     np.testing.assert_allclose(out, blocks.numpy())
     signed = torch.tensor([[1.0, -5.0], [2.0, 0.5]]).repeat_interleave(100, 0).repeat_interleave(100, 1)
-    assert W.pool_matrix(signed, max_cells=4, mode="absmax").tolist() == [[1.0, 5.0], [2.0, 0.5]]
+    assert M.pool_matrix(signed, max_cells=4, mode="absmax").tolist() == [[1.0, 5.0], [2.0, 0.5]]
     with pytest.raises(ValueError):
-        W.pool_matrix(torch.ones(3))
+        M.pool_matrix(torch.ones(3))
 
 
 # ---------------------------------------------------------------- report and CLI
@@ -257,7 +258,7 @@ def test_page_runs_on_tiny_models(model, load):
     at.run()
     assert_clean(at)
     assert len(_charts(at)) == 1 + len(ws.matrix_kinds) + 1 and not at.get("image")
-    spectrum = W.spectrum(load(model).model.get_parameter(ws.name_of(0, ws.matrix_kinds[0])))
+    spectrum = M.spectrum(load(model).model.get_parameter(ws.name_of(0, ws.matrix_kinds[0])))
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Full rank"] == str(min(first["shape"]))
     assert metrics["Effective rank"] == f"{spectrum.effective_rank:.1f}"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.inspect import matrix as matrix_view
 from core.inspect import weights as core_weights
 from core.models.loading import LoadedModel
 from core.models.params import check_tying, count_parameters, weight_memory
@@ -44,18 +45,18 @@ def weight_stats(lm: LoadedModel) -> core_weights.WeightStats:
 
 
 @st.cache_resource(show_spinner="Computing the singular values…", max_entries=32)
-def _spectrum(model_key: str, name: str, _lm: LoadedModel) -> core_weights.Spectrum:
-    return core_weights.spectrum(core_weights.matrix(_lm.model, name))
+def _spectrum(model_key: str, name: str, _lm: LoadedModel) -> matrix_view.Spectrum:
+    return matrix_view.spectrum(core_weights.matrix(_lm.model, name))
 
 
-def spectrum(lm: LoadedModel, name: str) -> core_weights.Spectrum:
+def spectrum(lm: LoadedModel, name: str) -> matrix_view.Spectrum:
     """Singular values of one weight matrix (dequantized first for a 4-bit or 8-bit model); shared, read-only."""
     return _spectrum(lm.spec.key, name, lm)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _pooled(model_key: str, name: str, mode: str, _lm: LoadedModel) -> np.ndarray:
-    return core_weights.pool_matrix(core_weights.matrix(_lm.model, name), mode=mode)
+    return matrix_view.pool_matrix(core_weights.matrix(_lm.model, name), mode=mode)
 
 
 def pooled(lm: LoadedModel, name: str, mode: str) -> np.ndarray:
