@@ -20,8 +20,9 @@ def home() -> None:
     st.title("🧠 LLM Anatomy Lab")
     st.markdown(
         "Open up a real language model and watch it work: its architecture, its parameters, its "
-        "attention, its weights, and a forward pass from your text to next-token probabilities. "
-        "Every number here is computed from the model you pick in the sidebar — nothing is simulated.\n\n"
+        "attention, its weights, and a forward pass from your text to next-token probabilities; then train "
+        "one, fine-tune and align it, decode with it, and measure the hardware it runs on. "
+        "Every number here is computed from a real model, dataset or measurement — nothing is simulated.\n\n"
         "- **Students and teachers**: move a slider in class and the model answers live.\n"
         "- **Developers**: see what the model you call through an API is made of.\n"
         "- **Researchers**: inspect hidden states, heads and weights of any Hugging Face causal LM.")
@@ -54,13 +55,15 @@ def home() -> None:
         sections: dict[str, list] = {}
         for p in pages:
             sections.setdefault(p.section, []).append(p)
-        cols = st.columns(len(sections))
-        for col, (section, items) in zip(cols, sections.items()):
-            with col:
-                st.markdown(f"**{section}**")
-                for p in items:
-                    st.page_link(p.path, label=p.title, icon=p.icon)
-                    st.caption(p.blurb)
+        per_row = 3  # five sections side by side cut page titles ("RLHF and preferenc…") at laptop widths
+        groups = list(sections.items())
+        for start in range(0, len(groups), per_row):
+            for col, (section, items) in zip(st.columns(per_row), groups[start:start + per_row]):
+                with col:
+                    st.markdown(f"**{section}**")
+                    for p in items:
+                        st.page_link(p.path, label=p.title, icon=p.icon)
+                        st.caption(p.blurb)
 
     how_computed(LoadedModel.card, command=f"python -m core info {lm.spec.cli()}")
 
