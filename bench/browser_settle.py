@@ -1,6 +1,6 @@
 """How fast the inspection pages answer in a real browser, and what a class opening one link costs.
 
-    .venv/bin/python bench/browser_settle.py [--port 8602] [--repeats 5] [--sessions 20] [--skip-class]
+    .venv/bin/python bench/browser_settle.py [--port 8602] [--repeats 5] [--sessions 20] [--skip-class | --only-class]
 
 One Streamlit server (the embedded model, port 8602) and Debian's Chromium through Playwright.
 "Settled" = the app's script state is notRunning and the DOM has not changed for 300 ms (a

@@ -12,7 +12,8 @@
    worker threads, kept until that thread exits. With more pool threads alive than cores, libgomp stops
    spin-waiting and every op pays a futex wake-up: a job thread then runs at about one core's speed. Streamlit
    runs page scripts in threads that end, so in the app only jobs hold pools; the bench keeps its main thread
-   free of torch until the end, and its last line shows what a job gets when the main thread holds a pool.
+   free of torch until the end, and one line after the overhead shows what a job gets when the main thread
+   holds a pool.
 2. server time of a rerun of pages/10_Pretraining.py in AppTest while a job runs and is attached (median).
 3. memory held by one running job: the tensors it owns (weights, gradients, AdamW moments, token ids) and the
    growth of this process's resident set while it runs.
@@ -33,10 +34,11 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 os.environ.setdefault("LLM_LAB_DEFAULT_MODEL", "tiny-llama")
 
 import torch  # noqa: E402
+from _util import rss_mib  # noqa: E402
 
 from core.jobs import REGISTRY  # noqa: E402
 from core.train.config import TrainConfig, lr_at  # noqa: E402
@@ -44,13 +46,6 @@ from core.train.data import get_batch, step_generator  # noqa: E402
 from core.train.model import GPT  # noqa: E402
 from core.train.pretrain import prepare_data, train  # noqa: E402
 from core.units import format_bytes  # noqa: E402
-
-
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def baby_config(steps: int) -> TrainConfig:
@@ -105,7 +100,7 @@ def page_rerun_ms(reruns: int, tmp: Path) -> tuple[float, dict]:
     from pagetest import run_page
 
     config = replace(baby_config(5000), eval_interval=200, sample_interval=200)
-    rss0 = rss_bytes()
+    rss0 = rss_mib() * 2**20
     job = REGISTRY.start("pretrain", "bench-page", lambda j: train(config, tmp / "page", j, export=False),
                          total_steps=config.max_iters)
     while job.snapshot().step < 20:
@@ -120,7 +115,7 @@ def page_rerun_ms(reruns: int, tmp: Path) -> tuple[float, dict]:
         times.append((time.perf_counter() - t) * 1000)
     assert not at.exception, [e.value for e in at.exception]
     snap = job.snapshot()
-    memory = {"tensors": snap.info.get("memory_bytes"), "rss_growth": rss_bytes() - rss0}
+    memory = {"tensors": snap.info.get("memory_bytes"), "rss_growth": rss_mib() * 2**20 - rss0}
     job.stop()
     job.wait()
     return statistics.median(times), memory

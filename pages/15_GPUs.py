@@ -30,7 +30,7 @@ st.dataframe(ui.styled_table(ui.table_with_machine(frame, machine).rename(column
              hide_index=True, width="stretch")
 st.caption("Dense tensor-core figures (NVIDIA's headline numbers are often *with sparsity*, twice these). "
            "T4 and V100 have no BF16: their FP16 tensor figure is shown and used. GB = 10⁹ bytes as on "
-           "datasheets. The last row appears once this machine is measured below.")
+           "datasheets. This machine's rows appear once it is measured below.")
 with st.expander("Sources and notes per row"):
     st.dataframe(frame[["name", "notes", "source"]], hide_index=True, width="stretch")
 

@@ -73,7 +73,8 @@ if result is not None:
     m[0].metric("Perplexity", f"{result.ppl:,.2f}", help="exp(mean NLL): the model is as unsure as a uniform "
                 "choice among this many tokens, on average")
     m[1].metric("Mean NLL", f"{result.mean_nll:.3f} nats", help=f"{result.bits_per_token:.2f} bits per token")
-    m[2].metric("Scored tokens", f"{result.scored_tokens:,} of {len(result.ids):,}")
+    m[2].metric("Scored tokens", f"{result.scored_tokens:,}",  # "4,999 of 5,000" is cut off in a quarter column
+                help=f"of the {len(result.ids):,} tokens read; the first has nothing before it to predict it from")
     m[3].metric("Forward passes", f"{len(result.windows):,}")
     st.altair_chart(ui.windows_chart(result), width="stretch")
     st.caption(f"Each row is one forward pass of at most {window} tokens: light = read as context only, dark = "

@@ -245,7 +245,9 @@ def test_rope_summary_is_the_models_own(load):
     lm = load("tiny-llama")
     rope = emb.rope_summary(lm, n_positions=64, max_distance=32)
     assert rope.theta == 10_000.0 and rope.rope_type == "default" and rope.follows_formula
-    assert torch.equal(rope.inv_freq, emb.model_inv_freq(lm))
+    d = lm.config.hidden_size // lm.config.num_attention_heads  # default RoPE: theta_i = 10000^(-2i/d)
+    formula = 1.0 / 10_000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    torch.testing.assert_close(rope.inv_freq, formula, rtol=1e-6, atol=0)
     assert rope.wavelengths[0].item() == pytest.approx(2 * math.pi)  # theta_0 = 1 radian per position
     assert rope.cos_table.shape == (rope.inv_freq.shape[0], 64) and rope.relative_score.shape == (33,)
     assert rope.max_difference < 1e-5

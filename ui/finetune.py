@@ -15,9 +15,8 @@ from core.models.loading import LoadedModel
 from core.train import finetune_data as fd
 from core.train import finetune_store as store
 from core.train.finetune import FinetuneConfig, default_lora_targets, finetune, preview
-from core.train.runs import enforce_cap, runs_cap_bytes
-from core.units import format_bytes
-from ui.jobs import owner_id, start_job
+from ui.jobs import start_job
+from ui.training import make_room
 from ui.text import md
 
 JOB_PARAM = "finetune"  # the URL key holding the run's job id
@@ -80,10 +79,7 @@ def start(lm: LoadedModel, cfg: FinetuneConfig, run_name: str, extra_prompts: tu
     except ValueError as exc:
         st.error(str(exc))
         return None
-    removed = enforce_cap(runs_cap_bytes(), owner=owner_id(), keep=run_dir)
-    if removed:
-        st.info(f"The runs folder was over its {format_bytes(runs_cap_bytes())} cap: removed the oldest finished "
-                f"run(s) {', '.join(p.name for p in removed)}.")
+    make_room(run_dir)
     return start_job(JOB_PARAM, "finetune",
                      lambda job: finetune(job, lm, cfg, run_dir, examples, extra_prompts, resume=resume),
                      title=f"Fine-tuning {lm.name} ({cfg.mode})", total_steps=cfg.steps,

@@ -65,10 +65,7 @@ def start_pretraining(config: TrainConfig, name: str, resume: bool = False):
         st.error(f"A run named {name!r} exists already: resume it below, or choose another name.")
         return None
     owner = owner_id()
-    removed = enforce_cap(runs_cap_bytes(), owner=owner, keep=run)
-    if removed:
-        st.info(f"The runs folder was over its {format_bytes(runs_cap_bytes())} cap: removed the oldest finished "
-                f"run(s) {', '.join(p.name for p in removed)}.")
+    make_room(run)
 
     def work(job):
         return train(config, run, job, resume=resume, owner=owner)
@@ -90,6 +87,14 @@ def config_notes(config: TrainConfig, vocab_size: int) -> list[str]:
                  else reason)
     notes.append(f"About {format_bytes(estimate_step_bytes(config, vocab_size))} of activations per micro-batch.")
     return notes
+
+
+def make_room(keep: Path) -> None:
+    """Apply the runs folder's size cap before a run starts (this user's oldest finished runs go first)."""
+    removed = enforce_cap(runs_cap_bytes(), owner=owner_id(), keep=keep)
+    if removed:
+        st.info(f"The runs folder was over its {format_bytes(runs_cap_bytes())} cap: removed the oldest finished "
+                f"run(s) {', '.join(p.name for p in removed)}.")
 
 
 # ---------------------------------------------------------------- live panel pieces
@@ -165,7 +170,9 @@ def draw_training(snap: JobSnapshot) -> None:
         st.altair_chart(chart, width="stretch")
         for column, (field, title) in zip(st.columns(2), (("lr", "learning rate"),
                                                           ("grad_norm", "gradient norm (before clipping)"))):
-            column.altair_chart(step_chart(snap.metrics, field, title), width="stretch")
+            chart = step_chart(snap.metrics, field, title)
+            if chart is not None:
+                column.altair_chart(chart, width="stretch")
     if snap.info.get("sample"):
         st.markdown(f"**Sample at step {snap.info.get('sample_step')}** (temperature 0.8, top-k 200)")
         st.code(snap.info["sample"], language=None, wrap_lines=True)

@@ -148,10 +148,10 @@ def perplexity(lm: LoadedModel, text: str, window: int | None = None, stride: in
     stride = int(stride if stride is not None else max(1, window // 2))
     check_window(len(ids), window, stride, context)
     if max_work is not None:
-        work = sum(w.end - w.start for w in plan_windows(len(ids), window, stride))
+        windows = plan_windows(len(ids), window, stride)
+        work = sum(w.end - w.start for w in windows)
         if work > max_work:
-            passes = len(plan_windows(len(ids), window, stride))
-            raise InputError(f"A stride of {stride} on {len(ids):,} tokens means {passes:,} forward passes "
+            raise InputError(f"A stride of {stride} on {len(ids):,} tokens means {len(windows):,} forward passes "
                              f"({work:,} tokens through the model); this page allows {max_work:,}. Raise the "
                              "stride, shrink the window or shorten the text (the CLI has no such limit).")
     return perplexity_of_ids(lm, ids, window, stride, progress, n_in_text=n_in_text)

@@ -90,7 +90,8 @@ def weights_folder(lm: LoadedModel) -> str:
             tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
             lm.model.save_pretrained(tmp)
             folder.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(folder, ignore_errors=True)
+            if folder.exists() and not (folder / "model.safetensors").is_file():
+                shutil.rmtree(folder, ignore_errors=True)  # a half-written leftover of a killed run
             try:
                 tmp.rename(folder)
             except OSError:  # another process saved the same model first; its copy is as good

@@ -64,7 +64,7 @@ def spectrum(weight: torch.Tensor, max_direct: int = 32_000_000) -> Spectrum:
 
 def pooled_shape(rows: int, cols: int, max_cells: int = 20_000, max_aspect: float = 4.0) -> tuple[int, int]:
     """Output size for `pool_matrix`: at most `max_cells` cells, aspect ratio kept up to `max_aspect`
-    (a 49152 x 576 embedding becomes 282 x 70, not a 1307 x 15 sliver)."""
+    (a 49152 x 576 embedding becomes 285 x 70, not a 1307 x 15 sliver)."""
     if rows * cols <= max_cells:
         return rows, cols
     aspect = min(max(rows / cols, 1 / max_aspect), max_aspect)
