@@ -68,6 +68,13 @@ def home() -> None:
     how_computed(LoadedModel.card, command=f"python -m core info {lm.spec.cli()}")
 
 
+# Every page runs through here: the browser's owner cookie (its jobs survive a reload; a second tab is the
+# same person), and once per server process the start-up sweep and the list of interrupted runs.
+from ui.jobs import remember_owner, startup  # noqa: E402
+
+startup()
+remember_owner()
+
 sections: dict[str, list] = {"": [st.Page(home, title="Home", icon="🏠", default=True)]}
 for info in available_pages():
     sections.setdefault(info.section, []).append(st.Page(info.path, title=info.title, icon=info.icon,

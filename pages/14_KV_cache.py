@@ -7,12 +7,16 @@ import shlex
 import pandas as pd
 import streamlit as st
 
+from core.jobs import REGISTRY, JobLimitError
+
 from core.decode import kv_cache as core_kv
 from core.decode.comparator import prompt_ids
 from core.models.capture import InputError
 from core.units import format_bytes
 from ui import kv_cache as ui
 from ui.explain import how_computed
+from ui.inputs import checked_text
+from ui.widgets import clamp_state
 from ui.models import model_picker
 
 DEFAULT_PROMPT = "The history of the printing press begins in the fifteenth century, when"
@@ -30,6 +34,9 @@ st.markdown(
     "prefill of *t* tokens.")
 
 prompt = st.text_area("Prompt", DEFAULT_PROMPT, key="kv_prompt", height=70)
+if prompt.strip() and not checked_text(lm, prompt, core_kv.MAX_PAGE_PROMPT_TOKENS, core_kv.WHY_PROMPT_CAP, "prompt"):
+    how_computed(core_kv.decode_timed, core_kv.cache_size)
+    st.stop()
 try:
     ids = prompt_ids(lm, prompt)
 except InputError as exc:
@@ -39,20 +46,35 @@ except InputError as exc:
 
 context = getattr(lm.config, "max_position_embeddings", None)
 room = core_kv.MAX_NEW_TOKENS if context is None else min(core_kv.MAX_NEW_TOKENS, context - len(ids))
+affordable = core_kv.max_new_tokens_for(len(ids))
 if room < 2:
     st.warning(f"The prompt is {len(ids)} tokens and the context {context}: no room to generate. Shorten it.")
     st.stop()
-new_tokens = st.slider("New tokens", 2, room, min(64, room), key="kv_new")
+top = max(2, min(room, affordable))
+clamp_state("kv_new", 2, top, default=min(64, top))  # a longer prompt lowers the top: keep the value inside
+new_tokens = st.slider("New tokens", 2, top, key="kv_new") if top > 2 else 2
+if affordable < room:
+    st.caption(f"At most {affordable} new tokens after a {len(ids):,}-token prompt: without the cache the "
+               f"measurement feeds {core_kv.uncached_work(len(ids), affordable):,} tokens through the model "
+               f"(this page allows {core_kv.MAX_UNCACHED_WORK:,}).")
 
 # ---------------------------------------------------------------- timing
 st.subheader("Prefill vs decode, measured")
 key = f"kv_result|{lm.spec.key}|{prompt}|{new_tokens}"
 if st.button("⏱ Measure with and without the cache", type="primary", key="kv_go"):
-    with st.spinner(f"Generating {new_tokens} tokens twice (greedy), timing every forward pass…"):
-        try:
-            st.session_state[key] = core_kv.measure(lm, ids, new_tokens)
-        except ValueError as exc:
-            st.warning(str(exc))
+    box, refused = st.empty(), None
+    with box.container():
+        st.button("✖ Cancel", key="kv_cancel", help="Stops the measurement (any click does).")
+        bar = st.progress(0.0, text=f"Generating {new_tokens} tokens twice (greedy), timing every forward pass…")
+        try:  # each progress update is a point where a click (Cancel) stops this run
+            with REGISTRY.heavy(core_kv.measure_peak_bytes(lm, len(ids), new_tokens), "the KV-cache measurement"):
+                st.session_state[key] = core_kv.measure(lm, ids, new_tokens, lambda done, total: bar.progress(
+                    done / total, text=f"Forward pass {done} of {total}"))
+        except (ValueError, JobLimitError) as exc:
+            refused = str(exc)
+    box.empty()
+    if refused:
+        st.warning(refused)
 m = st.session_state.get(key)
 if m is None:
     st.caption("Press the button: the same greedy continuation runs with and without the cache on this "
@@ -70,13 +92,12 @@ else:
     st.caption(f"One point per new token: the wall time of the forward pass that produced it. With the cache, "
                f"token 1 is the prefill ({m.prompt_tokens} prompt tokens at once), then each step feeds one "
                f"token; without it, step t feeds all {m.prompt_tokens} + t − 1 tokens again. "
-               + ("Both runs produced the same tokens." if m.same_tokens else
-                  "The two runs' tokens differ (floating-point ties broken differently)."))
+               + ui.difference_text(m))
 
 # ---------------------------------------------------------------- size
 st.subheader("How big is the cache?")
 size = ui.size(lm, ids)
-st.markdown(f"Per token: {size.formula or 'not given by this config'}.")
+st.markdown(f"For this prompt: {size.formula or 'unknown: ' + size.note}.")
 table = pd.DataFrame([{"tokens": size.tokens, "formula": format_bytes(size.formula_bytes),
                        "the cache's tensors": format_bytes(size.actual_bytes),
                        "formula (bytes)": size.formula_bytes, "tensors (bytes)": size.actual_bytes}])

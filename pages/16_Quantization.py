@@ -22,7 +22,9 @@ st.markdown(
     "next-token distributions move from fp32 (KL divergence and top-1 agreement).")
 with st.expander("The formats"):
     st.markdown(
-        "- **fp32**: 4 bytes per weight; the reference.\n"
+        "- **fp32**: 4 bytes per weight; the reference. For the embedded model it is the GGUF file's Q4_1 "
+        "weights dequantized to fp32 (there is no original fp32 copy here), so it already carries Q4_1's "
+        "rounding and the table labels its rows as copies of the dequantized GGUF.\n"
         "- **bf16**: 2 bytes; fp32's 8 exponent bits, 7 mantissa bits.\n"
         "- **8-bit LLM.int8** (Dettmers et al. 2022): int8 weights with one scale per row; the few activation "
         "columns with outliers are multiplied in 16 bits.\n"

@@ -10,6 +10,8 @@ from ui.hardware import parameters_of_model
 from ui.explain import how_computed
 from ui.models import model_picker
 
+MIN_BUDGET = 1e12  # below this the 20-tokens rule gives a model of under ~100k parameters
+
 st.title("📈 Scaling laws")
 lm = model_picker()
 st.markdown(
@@ -29,12 +31,19 @@ budget = c1.number_input("Training budget C (FLOPs)", min_value=0.0, value=5.76e
 if budget <= 0:
     st.warning("The budget must be above 0 FLOPs: C = 6ND needs some compute to spend.")
     allocations = []
+elif budget < MIN_BUDGET:
+    st.warning(f"{budget:.3g} FLOPs is below 10¹² FLOPs: the 20-tokens rule would make that a model of "
+               f"{core_scaling.twenty_tokens_rule(budget).parameters:,.1f} parameters, far below anything these fits "
+               "were measured on (Chinchilla's smallest runs: about 6×10¹⁸ FLOPs, 70M parameters); try 1e18–1e27.")
+    allocations = []
 elif budget > 1e30:
     st.warning("That is beyond 10³⁰ FLOPs, far outside anything these fits were measured on; try 1e18–1e27.")
     allocations = []
 else:
     allocations = [core_scaling.twenty_tokens_rule(budget), core_scaling.chinchilla_optimal(budget),
                    core_scaling.kaplan_optimal(budget)]
+    if budget < 1e18:
+        c2.caption("Below 10¹⁸ FLOPs the fits are extrapolated: Chinchilla's runs started near 6×10¹⁸.")
     c2.markdown(f"= **{budget / core_scaling.PF_DAY:,.3g} petaflop/s-days**; on 1,000 H100s at 40% of their "
                 f"989 dense BF16 TFLOPS: **{budget / (1000 * 989e12 * 0.4) / 86400:,.1f} days**.")
     cols = st.columns(3)

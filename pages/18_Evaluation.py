@@ -13,6 +13,7 @@ from core.models.capture import InputError
 from core.models.loading import ModelLoadError
 from ui import evaluate as ui
 from ui.explain import how_computed
+from ui.inputs import checked_text, whole_number
 from ui.jobs import attached_job, job_controls, live_panel, start_job
 from ui.models import get_model, model_picker
 
@@ -33,11 +34,7 @@ def use_sample() -> None:
     st.session_state["eval_text"] = SAMPLES[name] if SAMPLES[name] is not None else tiny_shakespeare()[:700]
 
 
-def quoted(text: str) -> str:
-    return shlex.quote(text) if len(text) <= 160 else "'YOUR TEXT'"
-
-
-st.title("📏 Evaluation")
+st.title("🧪 Evaluation")
 lm = model_picker()
 context = min(perplexity.context_length(lm) or ui.MAX_WINDOW, ui.MAX_WINDOW)
 st.markdown(
@@ -54,18 +51,20 @@ st.markdown(
     "not reach. A smaller stride gives each token more context (usually a lower perplexity) for more passes.")
 st.selectbox("Start from", list(SAMPLES), key="eval_sample", on_change=use_sample)
 text = st.text_area("Text to score", DEFAULT_TEXT, key="eval_text", height=110)
+text_fits = checked_text(lm, text, ui.MAX_TEXT_TOKENS, ui.WHY_TEXT_CAP) if text.strip() else True
 c1, c2 = st.columns(2)
-window = int(c1.number_input("Window (tokens per forward pass)", min_value=1, max_value=max(2, context),
-                             value=min(32, context), step=8, key="eval_window",
-                             help=f"At most {context:,} tokens here (the model's context, capped for memory)."))
-stride = int(c2.number_input("Stride (tokens between window starts)", min_value=1, value=16, step=4, key="eval_stride",
-                             help="At most the window. stride = window: disjoint windows, the first token of "
-                                  "each has no context and is not scored."))
+window = whole_number("Window (tokens per forward pass)", min(32, context), 2, max(2, context), "eval_window",
+                      where=c1, step=8,
+                      help=f"At most {context:,} tokens here (the model's context, capped for memory).")
+stride = whole_number("Stride (tokens between window starts)", 16, 1, max(2, context), "eval_stride", where=c2,
+                      step=4, help="At most the window. stride = window: disjoint windows, the first token of "
+                                   "each has no context and is not scored.")
 result = None
-try:
-    result = ui.perplexity_of(lm.spec.key, text, window, stride, lm)
-except InputError as exc:
-    (st.info if str(exc).startswith("The text") else st.warning)(str(exc))
+if text_fits and window is not None and stride is not None:
+    try:
+        result = ui.perplexity_with_progress(lm, text, window, stride)
+    except InputError as exc:
+        (st.info if str(exc).startswith("The text") else st.warning)(str(exc))
 if result is not None:
     if result.truncated:
         st.warning(f"The text has {result.n_tokens_in_text:,} tokens; only the first {len(result.ids):,} are scored.")
@@ -99,10 +98,11 @@ other = k1.selectbox("Q: compare with", list(partners), key="eval_kl_other",
                           "share SmolLM2's tokenizer), and saved runs of the training lab.")
 kl_text = k2.text_input("Text", "The capital of France is Paris, and the capital of Italy is Rome.",
                         key="eval_kl_text")
-if st.button("Compare P and Q", key="eval_kl_run"):
+kl_fits = checked_text(lm, kl_text, divergence.MAX_KL_TOKENS, ui.WHY_KL_CAP) if kl_text.strip() else True
+if st.button("Compare P and Q", key="eval_kl_run", disabled=not kl_fits):
     st.session_state["eval_kl_for"] = (lm.spec.key, other, kl_text)
 kl_result = None
-if st.session_state.get("eval_kl_for") == (lm.spec.key, other, kl_text) and other in partners:
+if st.session_state.get("eval_kl_for") == (lm.spec.key, other, kl_text) and other in partners and kl_fits:
     try:
         q = get_model(partners[other])
         with st.spinner("Running both models…"):
@@ -122,8 +122,12 @@ if kl_result is not None:
                     width="stretch")
     st.caption(f"P = {lm.name}, Q = {ui.partner_label(other, partners)}. Red bars: positions where the two "
                "models' most likely next token differs.")
-    if kl_result.truncated:
-        st.warning("The text was cut at the shorter context of the two models.")
+    if kl_result.truncated:  # name the limit that actually cut: the page's cap, P's context or Q's
+        limits = [(c, name) for c, name in ((divergence.MAX_KL_TOKENS, "this page's cap"),
+                                            (perplexity.context_length(lm), "P's context"),
+                                            (perplexity.context_length(q), "Q's context")) if c]
+        cut, why = min(limits)
+        st.warning(f"Only the first {len(kl_result.ids):,} tokens were compared ({why}: {cut:,} tokens).")
     if not math.isfinite(kl_result.mean):
         st.warning("A model produced inf or NaN logits on this text (float16 on a CPU can overflow), so the KL is "
                    "not a number; try bfloat16 or float32.")
@@ -169,9 +173,10 @@ if job is not None:
 
 how_computed(perplexity.perplexity_of_ids, perplexity.plan_windows, divergence.next_token_kl,
              multiple_choice.ending_log_likelihoods,
-             command=(f"python -m core perplexity {lm.spec.cli()} --text {quoted(text)} --window {window} "
-                      f"--stride {stride}\n"
-                      f"python -m core kl {lm.spec.cli()} {ui.other_cli(partners.get(other))} --text {quoted(kl_text)}\n"
+             command=(f"python -m core perplexity {lm.spec.cli()} --text {shlex.quote(text)} --window {window} "
+                      f"--stride {stride}\n"  # the text on the page, whole: the command scores the same tokens
+                      f"python -m core kl {lm.spec.cli()} {ui.other_cli(partners.get(other))} "
+                      f"--text {shlex.quote(kl_text)}\n"
                       f"python -m core mc {lm.spec.cli()} --items"),
              note="Every number is the model's own log-softmax of its logits on the tokens shown; the "
                   "sliding window follows the Hugging Face guide *Perplexity of fixed-length models*.")

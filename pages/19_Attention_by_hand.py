@@ -12,6 +12,7 @@ from core.models.capture import InputError, token_display
 from ui import exercises as ui
 from ui.explain import how_computed
 from ui.models import model_picker
+from ui.text import md
 
 st.title("✍️ Attention by hand")
 lm = model_picker()
@@ -49,7 +50,7 @@ def real_head() -> None:
         st.info(str(exc))
     if m is not None:
         labels = [token_display(t) for t in m.tokens]
-        st.markdown(f"Tokens: **{labels[0]}**, **{labels[1]}**, **{labels[2]}** · layer {m.layer}, head {m.head}"
+        st.markdown(f"Tokens: **{md(labels[0])}**, **{md(labels[1])}**, **{md(labels[2])}** · layer {m.layer}, head {m.head}"
                     + (f" (reading K/V head {m.kv_head}, shared with other query heads)"
                        if int(dims.get("kv_heads") or n_heads) < n_heads else "")
                     + f" · head dimension d = {m.head_dim}."

@@ -14,8 +14,10 @@ from core.inspect.architecture import (
     kv_cache_per_token,
 )
 from core.inspect.diagram import build_diagram, to_dot
+from core.units import format_count
 from ui.architecture import (
     HUB_KEY,
+    ORIGIN_KEY,
     PASTE_KEY,
     ModelLoadError,
     View,
@@ -33,8 +35,11 @@ from ui.architecture import (
 from ui.explain import how_computed
 from ui.models import model_picker
 from ui.state import keep, share_link
+from ui.text import md
+from ui.widgets import scroll_wide_charts
 
 st.title("🏗️ Architecture")
+scroll_wide_charts()
 lm = model_picker()
 share_link()
 st.markdown(
@@ -63,8 +68,8 @@ try:
             st.info("Paste the contents of a config.json (a JSON object with a `model_type` field, as on any "
                     "model's Hub page), or upload the file.")
         elif text is not None:
-            view = text_view(text)
-            st.session_state[PASTE_KEY] = text
+            view = text_view(text, st.session_state[ORIGIN_KEY])
+            st.session_state[PASTE_KEY] = (text, st.session_state[ORIGIN_KEY])
     else:
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         with c1:
@@ -92,12 +97,13 @@ def numbers(view: View) -> None:
     kv = kv_cache_per_token(view.config, kv_dtype)
     f = diagram.features
     c = st.columns(5)
-    c[0].metric("Parameters", f"{diagram.total_params / 1e6:,.1f} M", help="Tied weights are counted once.")
+    c[0].metric("Parameters", format_count(diagram.total_params),
+                help=f"{diagram.total_params:,} parameters; tied weights are counted once.")
     c[1].metric("Layers", " + ".join(str(s.n_layers) for s in diagram.stacks) or "—")
     c[2].metric("Hidden size", diagram.dims["hidden_size"])
     c[3].metric("Heads / KV heads", f"{f['heads']} / {f['kv_heads']}")
-    c[4].metric(f"KV cache per token ({kv_dtype})", f"{kv['bytes']:,.0f} B" if kv["bytes"] else "none",
-                help=kv["formula"] or kv["note"])
+    c[4].metric("KV cache per token", f"{kv['bytes']:,.0f} B" if kv["bytes"] else "none",  # dtype: chosen above
+                help=f"In {kv_dtype}: " + (kv["formula"] or kv["note"]))
     if kv["bytes"]:
         st.caption(f"KV cache per token: {kv['formula']} ({format_bytes(kv['bytes'])})"
                    + (f". Note: {kv['note']}." if kv["note"] else "."))
@@ -121,13 +127,12 @@ def block_diagram(view: View) -> None:
         st.info(note)
     blocks = {b.id: b for b in diagram.blocks}
     ids = list(blocks)
-    left, right = st.columns([3, 2])
-    with right:
+    with st.columns([1, 1])[0]:
         chosen = keep(st.selectbox, "Inspect a block", ids, index=ids.index(default_block(diagram)), key="arch_block",
                       format_func=lambda i: blocks[i].title)
-        block_details(blocks[chosen], diagram)
-    with left:
-        st.graphviz_chart(to_dot(diagram, selected=chosen), width="stretch")
+    # The whole width for the diagram: squeezed beside the details its 10 pt labels came out at ~7 px.
+    st.graphviz_chart(to_dot(diagram, selected=chosen), width="stretch")
+    block_details(blocks[chosen], diagram)
 
 
 if view is not None:
@@ -140,7 +145,7 @@ if view is not None:
 
     # ---------------------------------------------------------------- 2. what kind of transformer
 
-    st.subheader(f"{view.name}: {family.kind}, {family.name}")
+    st.subheader(f"{md(view.name)}: {family.kind}, {family.name}")
     st.markdown(f"**{family.kind.capitalize()}**: {family.description}. "
                 f"Detected from the config alone (`model_type` = `{diagram.dims['model_type']}`, "
                 f"`is_encoder_decoder`, `architectures`); the module class is `{diagram.model_class}`.")
@@ -166,7 +171,7 @@ if view is not None:
 options = {f"Loaded model: {lm.name}": ("loaded", "")}
 options.update({f"Reference: {i}": ("reference", i) for i in reference_ids()})
 if st.session_state.get(PASTE_KEY):
-    options["Pasted config"] = ("paste", st.session_state[PASTE_KEY])
+    options[st.session_state[PASTE_KEY][1].capitalize()] = ("paste", st.session_state[PASTE_KEY])
 if st.session_state.get(HUB_KEY):
     options[f"Hub: {st.session_state[HUB_KEY]}"] = ("hub", st.session_state[HUB_KEY])
 
@@ -175,7 +180,7 @@ def _view(pick: str) -> View | None:
     kind, arg = options[pick]
     try:
         return {"loaded": lambda: model_view(lm), "reference": lambda: reference_view(arg),
-                "paste": lambda: text_view(arg), "hub": lambda: hub_view(arg)}[kind]()
+                "paste": lambda: text_view(*arg), "hub": lambda: hub_view(arg)}[kind]()
     except (ValueError, ModelLoadError) as exc:
         show_error(exc)
         return None
@@ -200,7 +205,8 @@ def compare() -> None:
         rows = comparison_rows(architecture_summary(view_a.diagram, view_a.config, cmp_dtype),
                                architecture_summary(view_b.diagram, view_b.config, cmp_dtype),
                                name_a=f"A: {view_a.name}", name_b=f"B: {view_b.name}")
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=35 * len(rows) + 38)
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=35 * len(rows) + 38,
+                     column_config={"": st.column_config.TextColumn(width=240)})  # "KV cache per token (bfloat16)"
         st.caption("Parameters are counted on the module tree (tied weights once); the KV cache grows by the "
                    "per-token figure for every token in the context, for every sequence in a batch.")
 

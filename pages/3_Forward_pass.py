@@ -20,7 +20,7 @@ from ui.forward import check, index_slider, step, vectors
 from ui.forward_steps import Checks, View, attention_weight_steps, mlp_steps, norm_step, projection_steps
 from ui.models import model_picker
 from ui.text import md, token_md
-from ui.widgets import clamp_state, keep_choice
+from ui.widgets import clamp_state, keep_choice, scroll_wide_charts
 
 DEFAULT_TEXT = ("The cat sat on the mat because it was tired. Language models read text one token at a "
                 "time and guess what comes")
@@ -139,7 +139,8 @@ def stack_steps(v: View) -> object:
     norm_df = pd.DataFrame({"after layer": ["emb", *map(str, range(a.n_layers))], "‖x‖": norms[:, pos]})
     line = alt.Chart(norm_df).mark_line(point=True).encode(
         x=alt.X("after layer:N", sort=None), y="‖x‖:Q", tooltip=["after layer", "‖x‖"]).properties(
-        height=220, title=f"Length of {cap.labels[pos]}'s residual stream after each layer")
+        height=220,
+        title=f"Length of the residual stream at token {pos} ({token_display(cap.tokens[pos])}) after each layer")
     st.altair_chart(line, width="stretch")
     v.checks.later(lambda p: check("Whole stack by hand from the ids alone (each layer fed the previous hand "
                                    "output), logits", p.chained_logits, lm, "the model's logits")
@@ -156,7 +157,7 @@ def stack_steps(v: View) -> object:
          "A score for every token of the vocabulary: the dot product of the final vector with each "
          "token's output vector" + (" (the same matrix as the input embeddings)." if tied else "."),
          f"[{seq}, {a.vocab_size}]")
-    st.caption(f"The first entries of {tok}'s logits: columns are token ids.")
+    st.caption(f"The first entries of the logits at token {pos} ({tok}): columns are token ids.")
     vectors({"z (by hand)": final.logits[0], "z (model)": cap.logits[pos]}, v.n_dims)
     v.checks.later(lambda p: check("Logits", p.logits, lm, "the model's logits"))
     return final
@@ -214,6 +215,7 @@ def greedy(lm: LoadedModel, cap: Capture) -> None:
 
 
 st.title("➡️ Forward pass, step by step")
+scroll_wide_charts()
 lm = model_picker()
 st.markdown("From your text to the next-token probabilities, with the model's real tensors. Every layer step "
             "is **recomputed by hand from that layer's weights** and checked against the model's own hidden "

@@ -12,11 +12,12 @@ from core.data import tiny_shakespeare
 from core.inspect import bpe
 from core.models.capture import token_display
 from core.models.loading import LoadedModel
+from core.units import plural
 from ui import state
 from ui import tokens as tok
 from ui.explain import how_computed
 from ui.models import model_picker
-from ui.text import code
+from ui.text import code, md
 from ui.widgets import clamp_state
 
 TOY_SENNRICH = ("low low low low low lower lower newest newest newest newest newest newest "
@@ -81,7 +82,7 @@ def compare_tokenizers(lm: LoadedModel, result: bpe.BPEResult | None) -> None:
     theirs = tok.model_tokens(lm, sentence)
     left, right = st.columns(2)
     with left:
-        st.markdown(f"**BPE trained above** · {len(ours)} tokens · vocabulary {result.vocab_size if result else 0:,}")
+        st.markdown(f"**BPE trained above** · {plural(len(ours), 'token')} · vocabulary {result.vocab_size if result else 0:,}")
         if result is None:
             st.info("Train a BPE in section 1 to compare.")
         else:
@@ -91,7 +92,7 @@ def compare_tokenizers(lm: LoadedModel, result: bpe.BPEResult | None) -> None:
                 st.caption(f"Dashed tokens are characters the training text never contained: a character-level "
                            f"BPE has to map them to `{bpe.UNKNOWN}`. Byte-level BPE never does.")
     with right:
-        st.markdown(f"**{lm.name}** · {len(theirs)} tokens · vocabulary {len(lm.tokenizer):,}")
+        st.markdown(f"**{md(lm.name)}** · {plural(len(theirs), 'token')} · vocabulary {len(lm.tokenizer):,}")
         tok.chips([r["text"] for r in theirs], [f"id {r['id']} · {r['token']} · bytes {r['bytes']}" for r in theirs])
     if result is not None:
         agree = bpe.boundary_agreement([(t.start, t.end) for t in ours], [(r["start"], r["end"]) for r in theirs])
@@ -103,7 +104,8 @@ def compare_tokenizers(lm: LoadedModel, result: bpe.BPEResult | None) -> None:
                                for r in theirs]),
                  hide_index=True, width="stretch", height=min(300, 38 + 35 * len(theirs)))
     n_bytes = len(sentence.encode("utf-8"))
-    st.caption(f"{len(sentence)} characters = {n_bytes} UTF-8 bytes = {len(theirs)} model tokens "
+    st.caption(f"{plural(len(sentence), 'character')} = {plural(n_bytes, 'UTF-8 byte')} = "
+               f"{plural(len(theirs), 'model token')} "
                f"({n_bytes / max(1, len(theirs)):.2f} bytes per token). A token shown as � is a piece of a "
                "multi-byte character (an emoji or CJK character split across tokens).")
 
@@ -136,7 +138,7 @@ else:
     training_text = state.keep(st.text_area, "Your training text", height=120, key="bpe_text", url=False,
                                placeholder="Paste any text: a paragraph, a poem, code, another language…")
 if corpus != "Your own text":
-    st.caption(f"Training text: {training_text[:200]!r}{'…' if len(training_text) > 200 else ''}")
+    st.caption(f"Training text: {md(repr(training_text[:200]))}{'…' if len(training_text) > 200 else ''}")
 
 result: bpe.BPEResult | None = None
 vocab_size = 300

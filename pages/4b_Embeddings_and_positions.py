@@ -16,16 +16,18 @@ from core.models.capture import token_display
 from core.models.loading import LoadedModel
 from ui import embeddings as ue
 from ui import state
+from ui.charts import place_labels
 from ui.explain import how_computed
 from ui.models import model_picker
 from ui.text import code, md
-from ui.widgets import clamp_state, keep_choice
+from ui.widgets import clamp_state, keep_choice, scroll_wide_charts
 
 MAX_WORDS_CHARS = 2_000
 MAX_CHOSEN_TOKENS = 60
 DEFAULT_WORDS = "king, queen, man, woman, Paris, London, France, cat, dog, one, two, three"
 
 st.title("🧭 Embeddings and positions")
+scroll_wide_charts()
 lm = model_picker()
 random_model = lm.loaded_from.startswith("random")
 rows, width = emb.embedding_matrix(lm).shape
@@ -99,7 +101,11 @@ def token_map(lm: LoadedModel, chosen: dict[int, str]) -> None:
         dots = base_chart.mark_circle(size=80).encode(
             color=alt.Color("chosen:N", title=None),
             tooltip=["token", "id", alt.Tooltip("PC1:Q", format=".3f"), alt.Tooltip("PC2:Q", format=".3f")])
-        labels = base_chart.mark_text(align="left", dx=7, dy=-4, fontSize=12).encode(text="token")
+        # Each label on a free spot around its point: close tokens (Paris, France, London) wrote over each other.
+        frame["lx"], frame["ly"] = place_labels(frame["PC1"].to_numpy(), frame["PC2"].to_numpy(),
+                                                list(frame["token"]))
+        labels = alt.Chart(frame).mark_text(align="left", baseline="middle", fontSize=12).encode(
+            x="lx:Q", y="ly:Q", text="token")
         st.altair_chart((dots + labels).properties(height=420).interactive(), width="stretch")
         st.caption(f"Principal component analysis of {len(ids)} vectors of {width} numbers, projected on "
                    f"the two directions of largest spread ({ratio.sum():.0%} of the variance among these tokens).")

@@ -11,12 +11,13 @@ import streamlit as st
 from core.inspect import attention as core_attn
 from core.models.capture import Capture
 from core.models.loading import LoadedModel
+from core.units import plural
 from ui import attention as charts
 from ui import state
 from ui.explain import how_computed
 from ui.models import forward, model_picker
 from ui.text import md
-from ui.widgets import clamp_state
+from ui.widgets import clamp_state, scroll_wide_charts
 
 MAX_TOKENS = 256  # 30 layers x 9 heads x 256 x 256 weights is already 70 MB per text
 # A repeated sentence: previous-token and induction-like heads show up on the second copy.
@@ -25,6 +26,7 @@ DEFAULT_TEXT = ("The little robot walked into the kitchen and asked the chef for
 DEFAULT_TEXT_2 = "Alice gave Bob a book because Bob had asked Alice for something to read on the train."
 
 st.title("👀 Attention")
+scroll_wide_charts()
 lm = model_picker()
 groups = core_attn.kv_groups(lm.config)
 
@@ -121,7 +123,7 @@ if len(groups) < n_heads and not head_avg:
                 f"{', '.join(str(h) for h in groups[kv] if h != head) or 'none'}: their keys and values are "
                 f"the same, only the queries differ.")
 STAT_LABELS = {"entropy": "Entropy (nats)", "sink": "To first token", "previous": "To previous token",
-               "self": "To itself", "distance": "Mean distance"}
+               "self": "To itself", "distance": "Distance (tokens)"}  # the unit in the label: "9.6 tokens" was cut in a fifth of the page
 
 
 def head_values(head_stats: dict) -> dict[str, float]:
@@ -134,7 +136,7 @@ values = head_values(stats)
 m = st.columns(5)
 for col, (name, label) in zip(m, STAT_LABELS.items()):
     value = values[label]
-    col.metric(label, f"{value:.3f}" if name != "distance" else f"{value:.1f} tokens",
+    col.metric(label, f"{value:.3f}" if name != "distance" else f"{value:.1f}",
                help=core_attn.STATISTICS[name] + ". Mean over query positions 1…n−1"
                     + (", then over the layer's heads (for entropy: the heads' mean entropy, not the entropy "
                        "of the averaged map)." if head_avg else "."))
@@ -175,7 +177,7 @@ def token_to_token(lm: LoadedModel, cap: Capture) -> None:
     edges = charts.edges(lm, cap, layer, chosen_head, threshold, query)
     if edges:
         st.altair_chart(charts.edges_chart(edges, cap.labels), width="content")
-        st.caption(f"{len(edges)} lines: each query token (left) to the tokens it reads (right); thicker and darker "
+        st.caption(f"{plural(len(edges), 'line')}: each query token (left) to the tokens it reads (right); thicker and darker "
                    f"= more weight. {what}.")
     else:
         st.info(f"No attention weight reaches {threshold:.2f} in {what}; lower the threshold.")

@@ -12,8 +12,10 @@ from ui.charts import heatmap_image
 from ui.explain import how_computed
 from ui.models import model_picker
 from ui.state import keep, share_link
+from ui.widgets import scroll_wide_charts
 
 st.title("⚖️ Weights")
+scroll_wide_charts()
 lm = model_picker()
 share_link()
 

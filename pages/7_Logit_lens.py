@@ -15,7 +15,7 @@ from ui.explain import how_computed
 from ui.forward import residual_capture
 from ui.models import model_picker
 from ui.text import code, md
-from ui.widgets import clamp_state, keep_choice
+from ui.widgets import clamp_state, keep_choice, scroll_wide_charts
 
 MAX_TOKENS = 256  # same cap as the Attention page; the lens itself is computed only for the positions drawn
 WINDOW = 16  # positions drawn with their tokens at once; the chart gets too wide beyond that
@@ -23,6 +23,7 @@ DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. The Colosse
 TRACK = {"final": "the model's final prediction at that position", "next": "the next token of the text"}
 
 st.title("🔭 Logit lens")
+scroll_wide_charts()
 lm = model_picker()
 
 

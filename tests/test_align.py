@@ -147,7 +147,14 @@ def test_reward_model_learns_on_tiny_model(load):
     assert checksum(lm.model) == before
     first, last = res.rows[0]["loss"], sum(r["loss"] for r in res.rows[-5:]) / 5
     assert last < first
-    assert isinstance(res.model.score("Hi", "Hello, glad to help!"), float)
+    # a finished job keeps tensors and figures, no model: the head only, when the backbone stayed frozen
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(res).values())
+    assert sorted(res.trained_state) == ["head.bias", "head.weight"]
+    # rebuilt from the loaded model (no copy), it gives the scores the trained model gave at the end
+    pair = res.test_pairs[0]
+    scores = reward.score_answers(lm.model, lm.tokenizer, res, pair["prompt"], [pair["chosen"], pair["rejected"]])
+    assert scores == pytest.approx([pair["r_chosen"], pair["r_rejected"]], abs=1e-5)
+    assert checksum(lm.model) == before
 
 
 def _wait_for(job, step: int, timeout: float = 120) -> None:
@@ -276,3 +283,84 @@ def test_page_reward_run_and_ppo_step():
     at.button(key="rlhf_ppo_go").click().run()
     assert_clean(at)
     assert any("Type a prompt" in w.value for w in at.warning)
+
+
+# ---------------------------------------------------------------- issue 18: KL over the answer, eval-mode margins,
+# seeded runs beside each other, GRPO's advantages from a public path
+
+
+def _perturbed(lm, scale: float = 0.02):
+    policy, ref = common.private_copy(lm.model), common.private_copy(lm.model, trainable=False)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in policy.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return policy, ref
+
+
+def test_dpo_kl_is_averaged_over_the_answer_tokens_only(load):
+    lm = load("tiny-llama")
+    tok = common.private_tokenizer(lm.tokenizer)
+    policy, ref = _perturbed(lm)
+    pair = common.preference_pairs("train")[0]
+    prompt_ids = tok(common.format_prompt(tok, pair.prompt), add_special_tokens=False)["input_ids"]
+    answer_ids = tok(" " + pair.chosen.strip(), add_special_tokens=False)["input_ids"]
+    x = torch.tensor([prompt_ids + answer_ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(policy.eval()(input_ids=x).logits[0].float(), -1)
+        lq = torch.log_softmax(ref.eval()(input_ids=x).logits[0].float(), -1)
+    per_position = (lp.exp() * (lp - lq)).sum(-1)  # KL at every position of prompt + answer
+    # by hand: the positions whose next token is an answer token are len(prompt)-1 ... len(prompt)+len(answer)-2
+    hand = float(per_position[len(prompt_ids) - 1: len(prompt_ids) + len(answer_ids) - 1].mean())
+    everywhere = float(per_position.mean())
+    assert abs(hand - everywhere) > 1e-4 * max(hand, everywhere)  # the two averages differ here
+    assert dpo.token_kl(policy, ref, tok, [pair]) == pytest.approx(hand, rel=1e-5)
+
+
+def test_starting_margin_is_exactly_zero_for_a_copy_even_with_dropout(load):
+    lm = load("tiny-gpt2")
+    assert lm.model.config.resid_pdrop > 0  # dropout on in train mode: the test would catch a train-mode measurement
+    tok = common.private_tokenizer(lm.tokenizer)
+    policy, ref = common.private_copy(lm.model), common.private_copy(lm.model, trainable=False)
+    assert policy.training  # as the trainer holds it
+    margins = dpo.pair_margins(policy, ref, tok, common.preference_pairs("train")[:4], beta=0.1)
+    assert margins == [0.0] * 4 and policy.training  # and the mode is given back
+
+
+def test_seeded_sampling_gives_the_same_figure_with_another_seeded_job_beside_it(load):
+    import threading
+
+    lm = load("tiny-llama")
+    tok = common.private_tokenizer(lm.tokenizer)
+    reward_fn = rewards.make_reward("length", "thank", 5)
+    prompts = [p.prompt for p in common.preference_pairs("test")][:2]
+
+    def measure(seed: int) -> float:
+        return grpo.sampled_mean_reward(lm.model, tok, prompts, reward_fn, 4, 12, 1.0, seed)
+
+    alone = measure(3)
+    results: dict[str, list[float]] = {"a": [], "b": []}
+
+    def job(name: str, seed: int) -> None:
+        for _ in range(4):
+            results[name].append(measure(seed))
+
+    threads = [threading.Thread(target=job, args=("a", 3)), threading.Thread(target=job, args=("b", 4))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["a"] == [alone] * 4
+    assert len(set(results["b"])) == 1
+
+
+def test_grpo_reads_trls_advantages_through_compute_loss(load):
+    """Two steps on a tiny model: the advantages TRL trained on (tapped from compute_loss's inputs, public API)
+    equal our group advantages of the same rewards."""
+    lm = load("tiny-llama")
+    res = grpo.run_grpo(lm.model, lm.tokenizer, grpo.GRPOConfigLab(
+        steps=2, generations=4, max_new_tokens=6, eval_samples=1, answer_tokens=4, reward="length", target=3))
+    assert len(res.groups) == 2
+    for group in res.groups:
+        assert len(group.trl_advantages) == 4
+        assert group.advantages == pytest.approx(group.trl_advantages, abs=1e-4)

@@ -17,6 +17,7 @@ from core.inspect.architecture import (
 from core.data import reference_config, reference_configs
 from core.inspect.diagram import build_diagram, diagram_from_config, to_dot
 from core.models.params import count_parameters
+from ui.text import md
 
 PAGE = "pages/1_Architecture.py"
 DEEPSEEK = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -211,6 +212,17 @@ def test_deepseek_kv_cache_per_token():
         kv_cache_per_token(cfg, "float3")
 
 
+def test_kv_cache_at_full_context_honours_the_sliding_window(ref_diagrams):
+    """Mistral-7B at its 32,768-token context: transformers keeps 4,095 tokens per sliding layer, not 32,768."""
+    mistral = "mistralai/Mistral-7B-v0.1"
+    summary = architecture_summary(ref_diagrams[mistral], reference_config(mistral), "bfloat16")
+    assert summary["KV cache per token (bfloat16)"] == 131_072
+    assert summary["KV cache at full context (bfloat16)"] == 131_072 * 4_095
+    # a model without a window keeps every token of its context
+    smol = architecture_summary(ref_diagrams[SMOL], reference_config(SMOL), "bfloat16")
+    assert smol["KV cache at full context (bfloat16)"] == 2 * 30 * 3 * 64 * 2 * 8192
+
+
 def test_comparison_distilgpt2_vs_deepseek(ref_diagrams):
     a = architecture_summary(ref_diagrams["distilgpt2"], reference_config("distilgpt2"), "bfloat16")
     b = architecture_summary(ref_diagrams[DEEPSEEK], reference_config(DEEPSEEK), "bfloat16")
@@ -269,7 +281,7 @@ def test_page_on_tiny_models(model):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Layers"] == "2"
     assert metrics["Heads / KV heads"] == f"{heads} / {kv}"
-    assert metrics["KV cache per token (float32)"] == f"{2 * 2 * kv * 16 * 4:,} B"
+    assert metrics["KV cache per token"] == f"{2 * 2 * kv * 16 * 4:,} B"
     assert "digraph" in _spec(at)
     inspect = at.selectbox(key=at.selectbox[1].key)
     assert inspect.label == "Inspect a block"
@@ -285,7 +297,7 @@ def test_page_on_embedded_model():
     assert_clean(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Layers"] == "30" and metrics["Heads / KV heads"] == "9 / 3"
-    assert metrics["KV cache per token (float32)"] == "46,080 B"  # 2 * 30 * 3 * 64 * 4
+    assert metrics["KV cache per token"] == "46,080 B"  # 2 * 30 * 3 * 64 * 4
 
 
 def test_page_config_only_for_every_shipped_reference():
@@ -297,9 +309,9 @@ def test_page_config_only_for_every_shipped_reference():
         at.selectbox(key="arch_reference").set_value(model_id).run()
         assert_clean(at)
         assert not at.error and "digraph" in _spec(at)
-        assert at.subheader[0].value.startswith(model_id)
+        assert at.subheader[0].value.startswith(md(model_id))  # escaped: a heading renders Markdown
         if model_id == DEEPSEEK:
-            assert {m.label: m.value for m in at.metric}["KV cache per token (bfloat16)"] == "28,672 B"
+            assert {m.label: m.value for m in at.metric}["KV cache per token"] == "28,672 B"
 
 
 def test_page_bad_pasted_configs_and_offline_hub():
@@ -337,3 +349,28 @@ def test_page_comparison_table():
     assert_clean(at)
     table = at.dataframe[-1].value
     assert table[table[""] == "Layers"].iloc[0].iloc[1] == "2"
+
+
+LLAMA_405B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16384,
+              "intermediate_size": 53248, "num_hidden_layers": 126, "num_attention_heads": 128,
+              "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072,
+              "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+
+
+def test_page_405b_config_fits_its_metric_boxes():
+    """Issue 20: "Parameters 405,853…" was cut in its box and given in M for a 405B model; the heading must
+    say where the config came from (an upload is not "pasted")."""
+    from ui.architecture import text_view
+
+    text = json.dumps(LLAMA_405B)
+    total = count_parameters(config_from_json_text(text))["total"]
+    assert total == 405_853_388_800  # Llama 3.1 405B: the published count
+    at = run_page(PAGE, "tiny-gpt2")
+    at.radio(key="arch_source").set_value("Paste or upload a config.json").run()
+    at.text_area(key="arch_paste").set_value(text).run()
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Parameters"] == "405.9 B"
+    assert all(len(v) <= 12 for v in metrics.values()), metrics  # no 13-digit figure in a fifth of the page
+    assert at.subheader[0].value.startswith("pasted config \\(llama\\)")
+    assert text_view(text, "uploaded llama405b.json").name == "uploaded llama405b.json (llama)"

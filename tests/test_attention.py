@@ -259,4 +259,4 @@ def test_page_runs_the_command_it_shows():
     shown = _metrics(at)
     assert shown["Entropy (nats)"] == f"{out['statistics']['entropy']:.3f}"
     assert shown["To first token"] == f"{out['statistics']['sink']:.3f}"
-    assert shown["Mean distance"] == f"{out['statistics']['distance']:.1f} tokens"
+    assert shown["Distance (tokens)"] == f"{out['statistics']['distance']:.1f}"

@@ -353,3 +353,32 @@ def test_page_widgets_embedded():
     at.slider(key="bpe_step").set_value(5).run()
     assert_clean(at)
     assert any(m.value.startswith("**Step 5**") for m in at.markdown)
+
+
+def test_page_chips_escape_once(load):
+    """Issue 20: the default sentence's `king's` showed as `&#x27;s` in both chip rows (escaped twice): one
+    HTML unescape of each chip must give back exactly the token the table shows."""
+    import html as html_lib
+
+    from core.models.capture import token_display
+    from pagetest import assert_clean, run_page
+
+    at = run_page(PAGE, "tiny-llama")
+    assert_clean(at)
+    sentence = at.text_input(key="bpe_sentence").value
+    assert "'" in sentence
+    chips = [m.value for m in at.markdown if m.value.startswith("<span")]
+    model_row = [html_lib.unescape(t) for t in re.findall(r">([^<]*)</span>", chips[1])]
+    assert model_row == [token_display(r["text"]) for r in bpe.model_tokens(load("tiny-llama"), sentence)]
+    assert any("'" in t for t in model_row)
+    titles = [html_lib.unescape(t) for t in re.findall(r"title='([^']*)'", chips[1])]
+    assert all("&#" not in t for t in titles)
+
+
+def test_page_counts_in_the_singular():
+    """Issue 20: "1 characters = 1 UTF-8 bytes"."""
+    from pagetest import assert_clean, run_page
+
+    at = run_page(PAGE, "tiny-llama", bpe_sentence="a")
+    assert_clean(at)
+    assert any(c.value.startswith("1 character = 1 UTF-8 byte = 1 model token ") for c in at.caption)

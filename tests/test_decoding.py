@@ -232,13 +232,9 @@ def test_page_decodes_and_explains_bad_settings():
     table = at.dataframe[0].value
     assert list(table["strategy"]) == ["greedy", "beam 3", "temperature 0.8", "top-k 40", "top-p 0.9", "min-p 0.1"]
     assert (table["tokens"] == 32).all()
-    at.slider(key="dec_t").set_value(0.0).run()
-    assert_clean(at)
-    assert any("temperature must be above 0" in w.value for w in at.warning)
-    at.slider(key="dec_t").set_value(0.8)
-    at.slider(key="dec_beams").set_value(10).run()
-    assert any("beam search needs 2 to" in w.value for w in at.warning)
-    at.slider(key="dec_beams").set_value(3)
+    # The sliders stop at what the strategies accept (T and p above 0, 2 to 8 beams); a bad k skips only top-k
+    # (tests/test_long_input.py).
+    assert at.slider(key="dec_t").min > 0 and (at.slider(key="dec_beams").min, at.slider(key="dec_beams").max) == (2, 8)
     at.text_area(key="dec_prompt").set_value("").run()
     assert_clean(at)
     assert any("prompt is empty" in w.value for w in at.warning)

@@ -253,3 +253,24 @@ def test_rope_summary_is_the_models_own(load):
     assert rope.max_difference < 1e-5
     with pytest.raises(ValueError, match="no rotary"):
         emb.rope_summary(load("tiny-gpt2"))
+
+
+def test_map_labels_of_close_points_do_not_overlap():
+    """Issue 20: Paris, France and London were written over each other on the 2-D map. place_labels gives
+    each label a spot whose box (estimated at 6.6 px per character, 14 px high) is free of the others."""
+    import numpy as np
+
+    from ui.charts import place_labels
+
+    x, y = np.array([-1.05, -1.03, -0.95, 2.0, 2.3]), np.array([-0.75, -0.73, -0.72, -0.5, -0.1])
+    names = ["␣Paris", "␣France", "␣London", "␣two", "␣one"]
+    width, height = 640, 420
+    lx, ly = place_labels(x, y, names, width=width, height=height)
+    sx = (lx - x.min()) / np.ptp(x) * width  # back to pixels, as place_labels measured them
+    sy = (1 - (ly - y.min()) / np.ptp(y)) * height
+    boxes = [(a, b - 7, a + 6.6 * len(n) + 2, b + 7) for a, b, n in zip(sx, sy, names)]
+    for i in range(len(boxes)):
+        for j in range(i):
+            a, b = boxes[i], boxes[j]
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1]), (names[i], names[j])
+    assert np.allclose(place_labels(x[3:], y[3:], names[3:], log=False)[1], y[3:])  # free: right of the point

@@ -169,3 +169,17 @@ def test_page_real_head_exercise(load):
     at.text_input(key="abh_text").input("Hi").run()
     assert_clean(at)
     assert any("needs three" in i.value for i in at.info)
+
+
+def test_page_shows_typed_tokens_literally(load):
+    """Typed text is echoed as typed: `**bold**` must not become bold (Markdown) on the page (issue 20)."""
+    at = run_page("pages/19_Attention_by_hand.py", "tiny-gpt2")
+    at.session_state["abh_tab"] = "4 · A real head"
+    at.run()
+    at.text_input(key="abh_text").input("**bold** $x^2$ `c`").run()
+    assert_clean(at)
+    line = next(m.value for m in at.markdown if m.value.startswith("Tokens:"))
+    m = X.model_attention(load("tiny-gpt2"), "**bold** $x^2$ `c`", 0, 0)
+    from ui.text import token_md
+    assert line.startswith("Tokens: " + ", ".join(f"**{token_md(t)}**" for t in m.tokens[:3]))
+    assert "\\*\\*" in line  # the typed asterisks are escaped, so they show as asterisks

@@ -257,7 +257,9 @@ def test_page_previews_counts_then_runs_a_job(tmp_path, monkeypatch):
     at = run_page("pages/11_Fine_tuning.py", ft_steps=2, ft_r=4, ft_batch=2, ft_prompt=own)
     assert_clean(at)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Trainable parameters"] == f"{2 * 4 * (128 + 96):,}"  # tiny-llama q,v at r = 4
+    exact = {m.label: m.help for m in at.metric}
+    assert metrics["Trainable parameters"] == "1.8 k"  # short enough for its box; the exact count on hover
+    assert exact["Trainable parameters"] == f"{2 * 4 * (128 + 96):,}"  # tiny-llama q,v at r = 4
     at.number_input(key="ft_lr_lora").set_value(0.0).run()
     assert any("learning rate must be a positive" in e.value for e in at.error)
     at.number_input(key="ft_lr_lora").set_value(1e-3).run()
@@ -270,7 +272,8 @@ def test_page_previews_counts_then_runs_a_job(tmp_path, monkeypatch):
     at.run()
     assert_clean(at)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Step"] == "2 / 2" and metrics["Trainable"] == "1,792"
+    assert metrics["Step"] == "2 / 2" and metrics["Trainable"] == "1.8 k"
+    assert next(m.help for m in at.metric if m.label == "Trainable").startswith("1,792 of ")
     assert any("saved in" in s.value for s in at.success)
     answers = at.table[-1].value  # your prompt and the held-out prompts, before and after
     assert answers.shape == (7, 2) and answers.index[0] == "What is the capital of Italy?"

@@ -70,11 +70,79 @@ def test_weights_bytes_are_parameters_times_bytes_and_tied_embeddings_count_once
     assert n_untied - n_tied == 1000 * 64  # the LM head is the embedding matrix when tied
     p = planner.plan(tied, find_gpu("L4"), "bf16", 128, 2)
     assert p.parameters == n_tied and p.tied_embeddings
-    assert p.weights_bytes == 2 * n_tied
-    assert p.weights_bytes_by_dtype == {"fp32": 4 * n_tied, "bf16": 2 * n_tied, "fp16": 2 * n_tied,
-                                        "int8": n_tied, "4bit": n_tied // 2}
+    assert p.weights_bytes == 2 * n_tied and p.weights_state_bytes == 0
+    by = p.weights_bytes_by_dtype
+    assert (by["fp32"], by["bf16"], by["fp16"]) == (4 * n_tied, 2 * n_tied, 2 * n_tied)
     # 2 x 2 layers x 2 KV heads x 16 head_dim x 2 bytes per token, 128 tokens, batch 2
     assert p.kv_cache_bytes == 2 * 2 * 2 * 16 * 2 * 128 * 2
+
+
+def test_quantized_weights_are_counted_per_tensor():
+    """bitsandbytes quantizes the linear layers only: embeddings, LM head and norms stay in 16 bits."""
+    cfg = small_llama(False)
+    # per layer: q 64x64, k 64x32, v 64x32, o 64x64, gate/up 64x128, down 128x64 (no biases)
+    linear_per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128
+    rows_per_layer = 64 + 32 + 32 + 64 + 128 + 128 + 64
+    linear, n = 2 * linear_per_layer, count_parameters(cfg)["total"]
+    other = n - linear  # embeddings 1000x64, LM head 1000x64, norms
+    assert other == 2 * 1000 * 64 + 2 * 2 * 64 + 64
+    int8 = planner.plan(cfg, find_gpu("L4"), "int8", 16, 1)
+    assert int8.weights_bytes == linear + 2 * other + 4 * 2 * rows_per_layer
+    assert int8.weights_state_bytes == 4 * 2 * rows_per_layer
+    nf4 = planner.plan(cfg, find_gpu("L4"), "4bit", 16, 1)
+    assert nf4.weights_bytes == linear // 2 + 2 * other + 4 * (linear // 64)  # fp32 absmax per 64 weights
+    assert "embeddings, LM head, norms" in nf4.weights_rule
+    assert nf4.weights_bytes > 2.9 * (n // 2)  # 0.5 byte for every parameter was a third of it here
+
+
+def test_sliding_window_caps_the_kv_cache_mistral_7b_at_32k():
+    from core.data import reference_config
+
+    mistral = reference_config("mistralai/Mistral-7B-v0.1")  # window 4,096 on all 32 layers
+    p = planner.plan(mistral, find_gpu("H100"), "bf16", 32_768, 1)
+    assert p.kv_bytes_per_token == 131_072
+    assert p.kv_cache_bytes == 131_072 * 4_095  # transformers keeps window - 1 tokens per layer
+    assert p.kv_cache_bytes < 131_072 * 32_768 / 8  # an eighth of the uncapped 4 GiB, and a little less
+    assert "sliding window of 4,096" in p.kv_rule
+    assert planner.kv_cache_bytes(mistral, 1_000, 1, "bf16") == 131_072 * 1_000  # below the window: linear
+
+
+def test_layer_types_mix_local_and_global_layers():
+    from transformers import Qwen2Config
+
+    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=100, use_sliding_window=True, sliding_window=8,
+                      max_window_layers=2, architectures=["Qwen2ForCausalLM"])
+    assert list(cfg.layer_types) == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    kv = planner.kv_cache(cfg, 100, 1, "fp32")
+    assert kv.layer_tokens == (100, 100, 7, 7)
+    assert kv.bytes == 2 * 2 * 16 * 4 * (100 + 100 + 7 + 7)
+    assert "2 of 4 layers use a sliding window of 8" in kv.rule
+
+
+def test_a_config_without_dimensions_gives_an_unknown_cache_not_zero():
+    from transformers import PretrainedConfig
+
+    from core.models.memory import kv_cache_bytes
+
+    kv = kv_cache_bytes(PretrainedConfig(architectures=["XForCausalLM"]), 100, 1)
+    assert kv.bytes is None and not kv.known and "unknown" in kv.note
+
+
+def test_prefill_counts_attention_flops_llama2_7b_at_32k():
+    config = LlamaConfig(**{k: v for k, v in LLAMA2_7B.items() if k != "model_type"})
+    p = planner.plan(config, find_gpu("H100"), "bf16", 32_768, 1)
+    assert p.attention_flops_per_token == 4 * 32 * 32_768 * 4096
+    assert p.attention_flops_per_token > p.weight_flops_per_token == 2 * 6_738_415_616
+    assert p.prefill_tokens_per_s == pytest.approx(989e12 / (2 * 6_738_415_616 + 4 * 32 * 32_768 * 4096))
+
+
+def test_gpu_memory_is_what_the_card_reports_not_decimal_gb():
+    h100 = planner.plan(small_llama(True), find_gpu("H100"), "bf16", 16, 1)
+    assert h100.gpu_memory_bytes == 81_559 * 2**20 > 80e9  # nvidia-smi's total; 80e9 was too strict
+    assert "nvidia-smi" in h100.gpu_memory_source
+    a100 = planner.plan(small_llama(True), find_gpu("A100 40GB"), "bf16", 16, 1)
+    assert a100.gpu_memory_bytes == 40 * 2**30 and "GiB" in a100.gpu_memory_source
 
 
 def test_roofline_and_fit_for_a_7b_model():
@@ -83,11 +151,11 @@ def test_roofline_and_fit_for_a_7b_model():
     p = planner.plan(config, h100, "fp16", 2048, 1)
     n = p.parameters
     assert n == 6_738_415_616
-    assert p.prefill_tokens_per_s == pytest.approx(989e12 / (2 * n))
+    assert p.prefill_tokens_per_s == pytest.approx(989e12 / (2 * n + 4 * 32 * 2048 * 4096))
     assert p.decode_tokens_per_s == pytest.approx(3350e9 / (2 * n + 1_073_741_824))
     assert p.decode_bound == "memory bandwidth" and p.fits and p.gpus_needed == 1
     t4 = planner.plan(config, find_gpu("T4"), "fp32", 4096, 8)  # 27 GB of weights + 34 GB of cache
-    assert not t4.fits and t4.gpus_needed == math.ceil(t4.total_bytes / 16e9) == 4
+    assert not t4.fits and t4.gpus_needed == math.ceil(t4.total_bytes / (15_360 * 2**20)) == 4
 
 
 def test_training_memory_and_time():
@@ -151,7 +219,22 @@ def test_cli_plan_reference_config():
     result = json.loads(out)
     # Mistral 7B: 32 layers, 8 KV heads, head_dim 128: 2 x 32 x 8 x 128 x 2 bytes = 131,072 bytes per token
     assert rc == 0 and result["kv_bytes_per_token"] == 131_072 and result["gpu"] == "A100 80GB"
-    assert result["kv_cache_bytes"] == 131_072 * 4096
+    assert result["kv_cache_bytes"] == 131_072 * 4095  # the 4,096-token window keeps 4,095 tokens per layer
+
+
+def test_cli_training_is_sized_by_training_memory(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(LLAMA2_7B))
+    rc, out, _ = _cli("plan", "--config", str(path), "--gpu", "h100", "--dtype", "4bit", "--seq", "2048",
+                      "--train-tokens", "2e12")
+    result = json.loads(out)
+    assert rc == 0 and result["gpus_needed"] == 1  # serving in 4-bit fits one card...
+    full = result["train_full"]
+    assert full["total_bytes"] == 16 * 6_738_415_616 + full["activations_bytes"] and full["activations_bytes"] > 0
+    # ...training needs its 16 bytes per parameter plus activations: 2 H100s, and the time uses them
+    assert result["train_gpus"] == math.ceil(full["total_bytes"] / (81_559 * 2**20)) == 2
+    assert result["train_seconds"] == pytest.approx(6 * 6_738_415_616 * 2e12 / (989e12 * 0.4 * 2))
+    assert "training memory" in result["train_gpus_rule"]
 
 
 # ---------------------------------------------------------------- scaling laws
@@ -278,13 +361,27 @@ def test_gpu_page_measures_and_plans():
     at = run_page("pages/15_GPUs.py")
     assert_clean(at)
     assert any("Fits on one H100 SXM" in s.value for s in at.success)
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    memory = next(s for s in specs if "weights stored as" in json.dumps(s))
+    assert "title" not in memory  # issue 20: it hid under the "Fits" box; a caption above says it now
+    assert any(c.value.startswith("Memory per storage format") for c in at.caption)
     at.button(key="hw_measure").click().run()
     assert_clean(at)
     labels = {m.label: m.value for m in at.metric}
     assert "GFLOP/s" in labels["torch.matmul (cpu)"] and "GB/s" in labels["Copy bandwidth (cpu)"]
     assert any("this machine (measured, cpu)" in str(v) for v in at.dataframe[0].value["accelerator"])
     at.number_input(key="hw_seq").set_value(0).run()
-    assert any("at least 1 token" in w.value for w in at.warning)
+    assert any("Sequence length: type a whole number from 1" in e.value for e in at.error)
+    assert "Prefill (tokens/s)" not in {m.label for m in at.metric}  # nothing computed with a stale value
+    at.number_input(key="hw_seq").set_value(1e5).run()  # the browser sends 1e5 as 100000.0 now (parseFloat)
+    assert_clean(at)
+    assert any("× 100,000 tokens × 1 sequences" in m.value for m in at.markdown)
+    at.number_input(key="hw_batch").set_value(-5.0).run()  # issue 20: red box, page went on with batch 1
+    assert any("Batch: type a whole number from 1 to 100,000 (got -5)" in e.value for e in at.error)
+    assert "Prefill (tokens/s)" not in {m.label for m in at.metric}
+    at.number_input(key="hw_batch").set_value(2.0).run()
+    plan = {m.label: m.value for m in at.metric if m.label in ("Parameters", "Prefill (tokens/s)", "Decode (tokens/s)")}
+    assert len(plan) == 3 and all(len(v) <= 10 for v in plan.values()), plan  # short enough for their boxes
     at.radio(key="hw_source").set_value("paste a config.json").run()
     at.text_area(key="hw_json").set_value('{"model_type": ').run()
     assert_clean(at)
@@ -330,3 +427,51 @@ def test_scaling_page_and_zero_budget():
     at.number_input(key="sc_budget").set_value(0.0).run()
     assert_clean(at)
     assert any("above 0 FLOPs" in w.value for w in at.warning)
+    at.number_input(key="sc_budget").set_value(1.0).run()  # issue 20: gave N 0 / D 2 without a word
+    assert_clean(at)
+    assert any("below 10¹² FLOPs" in w.value and "0.1 parameters" in w.value for w in at.warning)
+    assert not at.metric
+    at.number_input(key="sc_budget").set_value(1e15).run()
+    assert any("extrapolated" in c.value for c in at.caption) and at.metric
+
+
+def test_quantization_quality_axis_title_fits_its_chart():
+    """Issue 20: the y title "perplexity on the held-out text (lower is better)" was cut at the chart's 280 px
+    ("lower is bett"); it is two lines now, each well inside the plot's height at ~6 px per character."""
+    import pandas as pd
+
+    from ui.hardware_quant import quality_chart
+
+    frame = pd.DataFrame([{"label": "fp32", "memory_mib": 513.0, "perplexity": 9.8, "mean_kl": 0.0, "tokens_per_s": 5.0},
+                          {"label": "bf16", "memory_mib": 256.6, "perplexity": 9.9, "mean_kl": 0.01, "tokens_per_s": 6.0}])
+    for quality in ("perplexity", "mean_kl"):
+        spec = quality_chart(frame, quality).to_dict()
+        title = spec["layer"][0]["encoding"]["y"]["title"]
+        assert isinstance(title, list) and "(lower is better)" in title
+        assert all(6 * len(line) < spec["height"] for line in title)
+
+
+def test_quantization_lab_labels_the_embedded_reference_and_reports_the_real_failure():
+    from types import SimpleNamespace
+
+    from core.hardware.quantization import VARIANTS, failure_reason, variant_labels
+
+    embedded = variant_labels(SimpleNamespace(spec=SimpleNamespace(source="embedded")))
+    assert embedded["fp32"] == "fp32 = dequantized Q4_1 GGUF (reference)"
+    assert embedded["nf4"] == "4-bit NF4 of the dequantized GGUF"
+    assert variant_labels(SimpleNamespace(spec=SimpleNamespace(source="tiny-llama"))) == VARIANTS
+    shapes = failure_reason(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x64 and 32x64)"), "cpu")
+    assert shapes.startswith("RuntimeError: mat1 and mat2") and "matrix shape" in shapes
+    missing = failure_reason(NotImplementedError("gemv_4bit has no CPU kernel"), "cpu")
+    assert "not implemented on cpu" in missing and "shape" not in missing
+    other = failure_reason(ValueError("something else"), "cuda")
+    assert other == "ValueError: something else"  # no cause is claimed that the message does not show
+
+
+def test_format_count_and_plural():
+    from core.units import format_count, plural
+
+    assert format_count(405_853_388_800) == "405.9 B"
+    assert format_count(134_515_008) == "134.5 M"
+    assert format_count(2_408_742) == "2.4 M" and format_count(10_594) == "10.6 k" and format_count(576) == "576"
+    assert plural(1, "character") == "1 character" and plural(2_000, "token") == "2,000 tokens"

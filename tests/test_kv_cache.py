@@ -66,3 +66,42 @@ def test_page_measures_on_request():
     at.text_area(key="kv_prompt").set_value("  ").run()
     assert_clean(at)
     assert any("empty" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("tokens", [5, 7, 8, 20])
+def test_sliding_window_formula_matches_transformers_dynamic_cache(tokens):
+    """A Mistral-style model with an 8-token window: past the window transformers' cache stops at 7 tokens."""
+    import torch
+    from transformers import DynamicCache, MistralConfig, MistralForCausalLM
+
+    from core.models.memory import kv_cache_bytes
+
+    cfg = MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=100, sliding_window=8, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(cfg).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.randint(0, 100, (2, tokens)), past_key_values=DynamicCache(config=cfg),
+                    use_cache=True)
+    real = K.cache_tensor_bytes(out.past_key_values)
+    size = kv_cache_bytes(cfg, tokens, 2, "float32")
+    assert size.bytes == real == 2 * 2 * 2 * 16 * 4 * 2 * min(tokens, 7)
+    assert [layer.keys.shape[2] for layer in out.past_key_values.layers] == list(size.layer_tokens)
+
+
+def test_where_the_runs_part_the_gap_is_measured_not_assumed(load):
+    from core.decode.kv_cache import DecodeTiming, KVMeasurement
+    from ui.kv_cache import difference_text
+
+    lm = load("tiny-llama")
+    ids = prompt_ids(lm, PROMPT)
+    m = K.measure(lm, ids, 6)
+    assert len(m.with_cache.top2_gaps) == 6 and all(g >= 0 for g in m.with_cache.top2_gaps)
+    assert m.first_difference() is None and difference_text(m) == "Both runs produced the same tokens."
+    # a made-up pair of runs that part at token 2, once at a near tie and once far from one
+    near = KVMeasurement(3, DecodeTiming(True, [1, 2, 3], [0.1] * 3, [1.0, 2e-5, 1.0]),
+                         DecodeTiming(False, [1, 5, 3], [0.2] * 3, [1.0, 1e-5, 1.0]))
+    assert near.first_difference() == (1, 2e-5, 1e-5) and "near tie" in difference_text(near)
+    far = KVMeasurement(3, DecodeTiming(True, [1, 2, 3], [0.1] * 3, [1.0, 0.5, 1.0]),
+                        DecodeTiming(False, [1, 5, 3], [0.2] * 3, [1.0, 0.4, 1.0]))
+    assert "not a near tie" in difference_text(far)

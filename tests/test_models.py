@@ -62,7 +62,9 @@ def test_check_fits_accounts_for_quantization(monkeypatch):
     with pytest.raises(ModelLoadError):
         check_fits(config, ModelSpec("x", "bfloat16"))
     need = check_fits(config, ModelSpec("x", "float32", quantization="4bit"))
-    assert need == 7_241_732_096 // 2
+    # per tensor (issue 18): 6,979,321,856 linear weights at 0.5 byte + an fp32 absmax per 64 of them; the
+    # 262,410,240 others (embeddings, LM head, norms) stay in float32
+    assert need == 6_979_321_856 // 2 + 4 * (6_979_321_856 // 64) + 4 * 262_410_240
 
 
 @pytest.mark.embedded

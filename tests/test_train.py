@@ -20,7 +20,7 @@ from core.train.config import TrainConfig, lr_at
 from core.train.export import export_reason, export_run, to_hf
 from core.train.model import GPT, GPTConfig
 from core.train.pretrain import NullJob, Trainer, TrainingDiverged, make_accelerator, prepare_data, train
-from core.train.runs import enforce_cap, run_path, saved_models
+from core.runs import run_path, saved_models
 
 ROOT = Path(__file__).resolve().parent.parent
 # A config small enough for a few steps per test in a fraction of a second.
@@ -253,19 +253,6 @@ def test_post_ln_is_not_exported_and_says_why(tmp_path):
 def test_run_names_that_could_leave_the_runs_folder_are_refused(name, tmp_path):
     with pytest.raises(ValueError):
         run_path(name, tmp_path)
-
-
-def test_run_name_accepted_and_cap_removes_oldest_finished_of_the_owner_first(tmp_path):
-    assert run_path("shakespeare-char_2.1", tmp_path) == tmp_path.resolve() / "shakespeare-char_2.1"
-    for i, (owner, status) in enumerate([("me", "finished"), ("other", "finished"), ("me", "stopped"),
-                                         ("me", "running")]):
-        d = tmp_path / f"run{i}"
-        d.mkdir()
-        (d / "blob").write_bytes(b"x" * 1000)
-        ckpt.write_json(d / "run.json", {"owner": owner, "status": status, "updated": time.time() - 100 + i})
-    removed = enforce_cap(2500, owner="me", root=tmp_path)
-    assert [p.name for p in removed] == ["run0", "run2"]  # mine first, oldest first; the running one stays
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run1", "run3"]
 
 
 # ---------------------------------------------------------------- command line

@@ -60,6 +60,42 @@ def test_stats_match_numpy_across_chunks(monkeypatch, chunk):
     assert hist[1:-1].sum() <= inside <= hist.sum()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_chunked_equals_one_shot(monkeypatch, dtype):
+    """Issue 19: one pass in chunks gives the statistics of the whole tensor at once (bf16 / fp16 bit for
+    bit: integer counts of each value; float32 up to the order of float64 additions)."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(301, 257, generator=g) ** 3 * 0.02 + 0.001).to(dtype)
+    edges = (-0.05, 0.05, 40)
+    monkeypatch.setattr(W, "CHUNK", x.numel())
+    whole, whole_hist = W.tensor_stats(x, edges)
+    monkeypatch.setattr(W, "CHUNK", 1000)  # 78 chunks, a short last one
+    chunked, chunked_hist = W.tensor_stats(x, edges)
+    assert chunked_hist.tolist() == whole_hist.tolist() and whole_hist.sum() == x.numel()
+    for key in W.STATS:
+        if dtype == torch.float32:
+            # float32 sums of 1,000 vs 77,357 weights: the same to 1e-5 of the spread
+            assert chunked[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-5 * whole["std"]), key
+        else:
+            assert chunked[key] == whole[key], key
+    ref = numpy_stats(x.float().numpy())  # and both are the textbook values of the stored weights
+    for key, value in ref.items():
+        assert whole[key] == pytest.approx(value, rel=1e-6 if dtype != torch.float32 else 1e-5,
+                                           abs=1e-12 if dtype != torch.float32 else 1e-5 * ref["std"]), key
+    bins = np.clip(np.floor((np.clip(x.double().numpy().ravel(), -0.05, 0.05) + 0.05) * 400), 0, 39)
+    assert np.abs(np.bincount(bins.astype(int), minlength=40) - whole_hist).sum() <= 2  # float32 rounding at an edge
+
+
+def test_value_counts_are_the_stored_values():
+    b = torch.tensor([0.5, -0.25, 0.5, 1e-4, -1e-4, 3.0]).bfloat16()
+    values, counts = W.value_counts(b)
+    assert dict(zip(values.tolist(), counts.tolist())) == {
+        float(v): c for v, c in zip(*torch.unique(b.float(), return_counts=True))}
+    stats, _ = W.tensor_stats(b)
+    assert stats["near_zero_share"] == pytest.approx(2 / 6)  # |1e-4| < 1e-3, exactly as stored
+    assert (stats["min"], stats["max"]) == (-0.25, 3.0)
+
+
 def test_offset_tensor_keeps_precision_and_bf16_works():
     # A norm weight: values near 1 with a tiny spread; raw moments around 0 would cancel.
     x = 1 + 1e-4 * torch.randn(5000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -315,3 +351,42 @@ def test_parameters_without_values_are_skipped(load):
     ws = W.compute_weight_stats(meta)
     assert ws.rows == [] and len(ws.skipped) == len(list(meta.parameters()))
     assert W.report(ws)["layers"] == {}
+
+
+# ---------------------------------------------------------------- 8-bit weights, dequantized
+
+
+def test_8bit_weights_are_dequantized_and_match_the_models_own_matmul(load, tmp_path):
+    """Issue 20: an 8-bit model showed "parameters hold no values here" and `weights --quantization 8bit` gave
+    "layers": {}. LLM.int8 stores int8 codes CB and one scale SCB per output row: w = CB * SCB / 127. The
+    dequantized matrix must be the original within one code step per row, give the model's own 8-bit
+    matmul, and every linear weight must have statistics."""
+    pytest.importorskip("bitsandbytes")
+    from core.models.dequantize import float_values, quantization_of
+    from core.models.loading import ModelSpec, load_model
+
+    fp32 = load("tiny-llama")
+    fp32.model.save_pretrained(tmp_path)
+    fp32.tokenizer.save_pretrained(tmp_path)
+    q8 = load_model(ModelSpec(str(tmp_path), quantization="8bit"))
+    name = "model.layers.1.self_attn.q_proj"
+    layer = q8.model.get_submodule(name)
+    assert quantization_of(layer.weight) == "int8" and layer.weight.dtype == torch.int8
+    w = float_values(layer.weight)
+    w_ref = fp32.model.get_submodule(name).weight.detach().float()
+    step = w_ref.abs().amax(dim=1, keepdim=True) / 127  # one code step per output row
+    err = (w - w_ref).abs()
+    assert (err <= step).all() and err.mean() < step.mean() / 3  # rounding (after an fp16 cast on the way in)
+    x = torch.randn(4, w.shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y_model = layer(x).float()  # bitsandbytes' own int8 matmul (it quantizes x per row too)
+    y_ours = x @ w.T
+    assert torch.allclose(y_ours, y_model, rtol=0.05, atol=0.02 * y_model.abs().max())
+    stats = W.compute_weight_stats(q8.model)
+    assert not [s for s in stats.skipped if s.endswith("proj.weight")]  # after a forward pass too (SCB moved)
+    assert layer.weight.SCB is None and layer.state.SCB is not None
+    assert torch.equal(W.matrix(q8.model, f"{name}.weight"), w)
+    row = stats.row(f"{name}.weight")
+    assert row["dtype"] == "int8 (dequantized)" and row["max_abs"] == pytest.approx(float(w.abs().max()))
+    report = W.report(stats)
+    assert report["layers"] and len(report["layers"]) == fp32.config.num_hidden_layers

@@ -13,6 +13,7 @@ from core.inspect.architecture import BYTES_PER_ELEMENT, config_from_json_text
 from core.data import reference_config, reference_configs
 from core.inspect.diagram import Block, Diagram, build_diagram, diagram_from_config
 from core.models.loading import LoadedModel, ModelLoadError, hub_config, is_hub_id, shown
+from core.units import format_count
 
 PASTE_KEY = "arch_pasted_config"  # the last pasted/uploaded text that gave a valid config
 HUB_KEY = "arch_hub_id"  # the last Hub id whose config was fetched
@@ -71,9 +72,10 @@ def reference_view(model_id: str) -> View:
     return View(model_id, config, diagram, f"--reference {model_id}")
 
 
-def text_view(text: str) -> View:
+def text_view(text: str, origin: str = "pasted config") -> View:
+    """`origin`: "pasted config" or "uploaded NAME", as pasted_text recorded it, so the heading says which."""
     config, diagram = _from_text(text)
-    return View(f"pasted config ({config.model_type})", config, diagram, "--config config.json")
+    return View(f"{origin} ({config.model_type})", config, diagram, "--config config.json")
 
 
 def hub_view(model_id: str) -> View:
@@ -97,6 +99,7 @@ def reference_ids() -> list[str]:
 
 
 LATEST_KEY = "arch_config_latest"  # "paste" or "upload": whichever the user touched last is drawn
+ORIGIN_KEY = "arch_config_origin"  # "pasted config" or "uploaded NAME": where the text pasted_text returned came from
 
 
 def _touched(which: str) -> None:
@@ -118,6 +121,7 @@ def pasted_text() -> str | None:
                               on_change=_touched, args=("upload",))
     use_upload = upload is not None and (st.session_state.get(LATEST_KEY) == "upload" or not (text or "").strip())
     if not use_upload:
+        st.session_state[ORIGIN_KEY] = "pasted config"
         if upload is not None:
             st.caption(f"Drawing the **pasted text** (changed last); the uploaded `{shown(upload.name)}` is ignored "
                        "until you upload again or clear the text.")
@@ -125,6 +129,7 @@ def pasted_text() -> str | None:
     if (text or "").strip():
         st.caption(f"Drawing the **uploaded file** `{shown(upload.name)}` (changed last); the pasted text is "
                    "ignored until you edit it again.")
+    st.session_state[ORIGIN_KEY] = f"uploaded {upload.name}"
     try:
         return upload.getvalue().decode("utf-8")
     except UnicodeDecodeError:
@@ -155,11 +160,12 @@ def block_details(block: Block, diagram: Diagram) -> None:
     if block.formula:
         st.latex(block.formula)
     c1, c2 = st.columns(2)
+    # Short figures (a metric cuts what does not fit its column); the exact count is in the help.
     if block.stack is not None:
-        c1.metric("Parameters, one layer", f"{block.params_per_layer:,}")
-        c2.metric(f"All {block.repeats} layers", f"{block.params:,}")
+        c1.metric("Parameters, one layer", format_count(block.params_per_layer), help=f"{block.params_per_layer:,}")
+        c2.metric(f"All {block.repeats} layers", format_count(block.params), help=f"{block.params:,}")
     else:
-        c1.metric("Parameters", f"{block.params:,}")
+        c1.metric("Parameters", format_count(block.params), help=f"{block.params:,}")
         c2.metric("Share of the model", f"{block.params / max(diagram.total_params, 1):.1%}")
     if block.tied_to:
         owner = diagram.block(block.tied_to)
@@ -182,4 +188,4 @@ def _prod(shape: tuple[int, ...]) -> int:
 
 
 __all__ = ["LATEST_KEY", "View", "model_view", "reference_view", "text_view", "hub_view", "show_error", "reference_ids",
-           "pasted_text", "default_block", "default_kv_dtype", "block_details", "PASTE_KEY", "HUB_KEY", "ModelLoadError"]
+           "pasted_text", "default_block", "default_kv_dtype", "block_details", "PASTE_KEY", "ORIGIN_KEY", "HUB_KEY", "ModelLoadError"]

@@ -21,6 +21,22 @@ def _cached_compare(key: str, text: str, strategies: tuple[Strategy, ...], max_n
     return compare(_lm, text, list(strategies), max_new_tokens, seed)
 
 
+def usable(picked: list[Strategy | str]) -> tuple[list[Strategy], list[str]]:
+    """(strategies that can run, a note per one that cannot): a bad setting skips only its own strategy."""
+    ok, skipped = [], []
+    for s in picked:
+        if isinstance(s, str):
+            skipped.append(s)
+            continue
+        try:
+            s.check()
+        except ValueError as exc:
+            skipped.append(f"{s.name}: {exc}")
+        else:
+            ok.append(s)
+    return ok, skipped
+
+
 def comparison(lm: LoadedModel, text: str, strategies: list[Strategy], max_new_tokens: int,
                seed: int) -> Comparison | None:
     """The comparison (shared, read-only), or None after telling the user what to change."""

@@ -12,19 +12,40 @@ import streamlit as st
 from core.evaluate import divergence, perplexity as ppl
 from core.evaluate import multiple_choice as mc
 from core.jobs import Job
-from core.models.capture import token_display
+from core.models.capture import InputError, token_display
 from core.models.loading import EMBEDDED, TINY_SOURCES, LoadedModel, ModelSpec
-from core.train.runs import saved_models
+from core.runs import saved_models
 
 MAX_WINDOW = 1024  # eager attention holds heads x window^2 weights per layer
 MAX_WORK = 32_768  # tokens through the model per perplexity on the page (passes x window)
+MAX_TEXT_TOKENS = 2048  # the text box's cap: beyond it even a wide stride is many passes of the largest window
+WHY_TEXT_CAP = "a longer text is many forward passes; the CLI scores files of any length"
+WHY_KL_CAP = "both models keep a full next-token distribution for every position"
 
 # ---------------------------------------------------------------- cached computations (key = model spec)
 
 
-@st.cache_data(show_spinner="Scoring the text…", max_entries=32, ttl=3600)
-def perplexity_of(model_key: str, text: str, window: int, stride: int, _lm: LoadedModel) -> ppl.PerplexityResult:
-    return ppl.perplexity(_lm, text, window, stride, max_work=MAX_WORK)
+def perplexity_with_progress(lm: LoadedModel, text: str, window: int, stride: int) -> ppl.PerplexityResult:
+    """The perplexity, kept per session; a new one shows a progress bar per window and a Cancel button.
+
+    Cancel (like any click) starts a rerun, which stops this script at its next progress update."""
+    key = (lm.spec.key, text, window, stride)
+    kept = st.session_state.get("eval_ppl_kept")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    box = st.empty()
+    with box.container():
+        if st.button("✖ Cancel", key="eval_ppl_cancel"):
+            raise InputError("Cancelled: change the text, the window or the stride to score again.")
+        bar = st.progress(0.0, text="Scoring the text…")
+
+        def progress(done: int, total: int) -> None:
+            bar.progress(done / total, text=f"Scoring the text: window {done:,} of {total:,}")
+
+        result = ppl.perplexity(lm, text, window, stride, max_work=MAX_WORK, progress=progress)
+    box.empty()
+    st.session_state["eval_ppl_kept"] = (key, result)
+    return result
 
 
 def mc_work(lm: LoadedModel, items: list[mc.Item]) -> Callable[[Job], mc.MCResult]:

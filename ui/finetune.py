@@ -3,6 +3,8 @@ The math lives in core/train/finetune*.py."""
 
 from __future__ import annotations
 
+import secrets
+import shutil
 from dataclasses import asdict
 from typing import Any
 
@@ -10,13 +12,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.jobs import Job, JobSnapshot
+from core.jobs import REGISTRY, Job, JobSnapshot
 from core.models.loading import LoadedModel
 from core.train import finetune_data as fd
 from core.train import finetune_store as store
-from core.train.finetune import FinetuneConfig, default_lora_targets, finetune, preview
-from ui.jobs import start_job
-from ui.training import make_room
+from core.runs import is_live, make_room, reserve_run, run_info
+from core.train.finetune import FinetuneConfig, default_lora_targets, finetune, peak_bytes, preview
+from ui.jobs import owner_id, start_job
 from ui.text import md
 
 JOB_PARAM = "finetune"  # the URL key holding the run's job id
@@ -69,21 +71,34 @@ def examples_frame(examples: list[fd.Example]) -> pd.DataFrame:
 
 def start(lm: LoadedModel, cfg: FinetuneConfig, run_name: str, extra_prompts: tuple[str, ...],
           resume: bool) -> Job | None:
-    """Check the run folder, then start the job (its id goes into the URL); a message and None on refusal."""
+    """Check and claim the run folder, then start or queue the job (its id goes into the URL); a message and
+    None on refusal."""
+    owner, job_id = owner_id(), secrets.token_urlsafe(9)
     try:
         run_dir = store.run_dir_for(run_name)
-        if not resume and (run_dir / "config.json").exists():
-            raise ValueError(f"A run named {run_name!r} already exists: choose another name or resume it.")
+        if resume and is_live(run_dir):
+            raise ValueError(f"{run_name} is training right now in another job: resume it once it has stopped.")
         examples = instructions()
         fd.split_examples(examples)
+        peak = peak_bytes(lm, cfg)
+        if not resume:
+            reserve_run(run_dir, job_id=job_id, owner=owner, kind="finetune")
     except ValueError as exc:
         st.error(str(exc))
         return None
-    make_room(run_dir)
-    return start_job(JOB_PARAM, "finetune",
-                     lambda job: finetune(job, lm, cfg, run_dir, examples, extra_prompts, resume=resume),
-                     title=f"Fine-tuning {lm.name} ({cfg.mode})", total_steps=cfg.steps,
-                     controls={"lr": cfg.learning_rate})
+    old_job = run_info(run_dir).get("job_id") if resume else None
+
+    def work(job: Job):
+        make_room(job, owner, run_dir)
+        return finetune(job, lm, cfg, run_dir, examples, extra_prompts, resume=resume)
+
+    job = start_job(JOB_PARAM, "finetune", work, title=f"Fine-tuning {lm.name} ({cfg.mode})", total_steps=cfg.steps,
+                    controls={"lr": cfg.learning_rate}, peak_bytes=peak, job_id=job_id)
+    if job is None and not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)  # refused: the name is free again
+    elif job is not None and old_job:
+        REGISTRY.alias(str(old_job), job)
+    return job
 
 
 def resumable_runs(source: str) -> list[dict[str, Any]]:

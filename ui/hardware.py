@@ -5,6 +5,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
+
+from core.jobs import REGISTRY, JobLimitError
 from transformers import PretrainedConfig
 
 from core.hardware import gpus as core_gpus
@@ -14,6 +16,7 @@ from core.models.loading import LoadedModel, ModelLoadError, hub_config
 from core.units import format_bytes
 
 MEASURE_KEY = "hw_measurement"
+MEASURE_PEAK_BYTES = 3 * 256 * 2**20  # the copy-bandwidth buffers (256 MiB each) and the matmul operands
 
 
 @st.cache_data(show_spinner=False)
@@ -51,14 +54,6 @@ def styled_table(shown: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def rate(tokens_per_s: float) -> str:
-    """A throughput short enough for a metric: 3.68M tok/s, 10.6k tok/s, 21.4 tok/s."""
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if tokens_per_s >= div:
-            return f"{tokens_per_s / div:,.1f}{unit} tok/s"
-    return f"{tokens_per_s:,.1f} tok/s"
-
-
 def growth_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Long format: one row per chip and quantity, for the growth charts."""
     f = frame.copy()
@@ -71,24 +66,29 @@ def growth_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return long.dropna(subset=["value"])
 
 
-def growth_chart(long: pd.DataFrame) -> alt.FacetChart:
-    base = alt.Chart(long).encode(
-        x=alt.X("year:Q", title=None, scale=alt.Scale(domain=[2016.5, 2024.8]), axis=alt.Axis(format="d", tickCount=8)),
-        y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=None),
-        color=alt.Color("class:N", title="card", scale=alt.Scale(domain=["training", "inference"],
-                                                                 range=["#4c78a8", "#e45756"])),
-        tooltip=["name", "year", "class", "quantity", alt.Tooltip("value:Q", format=",.0f")])
-    chart = (base.mark_line(point=True, opacity=0.6)
-             + base.mark_text(dy=-9, fontSize=10).encode(text="name"))
-    return chart.properties(width=300, height=190).facet(facet=alt.Facet("quantity:N", title=None), columns=2
-                                                           ).resolve_scale(y="independent")
+def growth_charts(long: pd.DataFrame) -> list[alt.LayerChart]:
+    """One small log chart per quantity; the page lays them out in two columns, which stack on a phone (a 2x2
+    facet has a fixed width and was cut at the right at 390 px). Colours are explained in the page's caption."""
+    charts = []
+    for quantity in dict.fromkeys(long["quantity"]):
+        base = alt.Chart(long[long["quantity"] == quantity], title=quantity).encode(
+            x=alt.X("year:Q", title=None, scale=alt.Scale(domain=[2016.5, 2024.8]),
+                    axis=alt.Axis(format="d", tickCount=8)),
+            y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=None),
+            color=alt.Color("class:N", legend=None, scale=alt.Scale(domain=["training", "inference"],
+                                                                   range=["#4c78a8", "#e45756"])),
+            tooltip=["name", "year", "class", "quantity", alt.Tooltip("value:Q", format=",.0f")])
+        charts.append((base.mark_line(point=True, opacity=0.6) + base.mark_text(dy=-9, fontSize=10).encode(text="name")
+                       ).properties(height=190))
+    return charts
 
 
 def run_measurement() -> list[Measurement] | None:
     """Measure the CPU (and the GPU where there is one) now, a few seconds; keep the results in the session."""
-    try:
-        found = [measure(device) for device in devices()]
-    except ValueError as exc:
+    try:  # one measurement at a time per server, admitted like a job: two at once would time each other
+        with REGISTRY.heavy(MEASURE_PEAK_BYTES, "the hardware measurement"):
+            found = [measure(device) for device in devices()]
+    except (ValueError, JobLimitError) as exc:
         st.warning(str(exc))
         return None
     st.session_state[MEASURE_KEY] = found
@@ -151,38 +151,48 @@ def config_from_hub(model_id: str) -> PretrainedConfig | None:
         return None
 
 
-def memory_chart(plan: core_planner.Plan) -> alt.LayerChart:
-    """Weights at each storage format + this KV cache, against the accelerator's memory."""
+def memory_chart(plan: core_planner.Plan) -> tuple[alt.Chart | alt.LayerChart, str]:
+    """(chart, caption): weights at each storage format + this KV cache, against the accelerator's memory.
+
+    The caption goes above the chart in the page: a Vega title there sat under the "Fits" box."""
     rows = []
     for dtype, b in plan.weights_bytes_by_dtype.items():
         if dtype == "fp16":
             continue
         rows.append({"weights": dtype, "part": "weights", "GiB": b / 2**30})
-        rows.append({"weights": dtype, "part": "KV cache", "GiB": plan.kv_cache_bytes / 2**30})
+        rows.append({"weights": dtype, "part": "KV cache", "GiB": (plan.kv_cache_bytes or 0) / 2**30})
     frame = pd.DataFrame(rows)
     bars = alt.Chart(frame).mark_bar().encode(
         y=alt.Y("weights:N", sort=list(plan.weights_bytes_by_dtype), title="weights stored as"),
         x=alt.X("sum(GiB):Q", title="GiB"),
-        color=alt.Color("part:N", scale=alt.Scale(range=["#4c78a8", "#f58518"]), title=None),
+        color=alt.Color("part:N", scale=alt.Scale(range=["#4c78a8", "#f58518"]), title=None,
+                        legend=alt.Legend(orient="top")),  # on top: the bars keep the full width on a phone
         tooltip=["weights", "part", alt.Tooltip("GiB:Q", format=",.2f")])
-    biggest = (max(plan.weights_bytes_by_dtype.values()) + plan.kv_cache_bytes) / 2**30
+    step = alt.Step(34)  # one readable bar per storage format, whatever the number of formats
+    biggest = (max(plan.weights_bytes_by_dtype.values()) + (plan.kv_cache_bytes or 0)) / 2**30
     gpu_gib = plan.gpu_memory_bytes / 2**30
     if biggest < 0.05 * gpu_gib:  # a tiny model: the GPU's line would squash the bars to nothing
-        return bars.properties(height=170, title=f"{plan.gpu} memory ({gpu_gib:,.1f} GiB) is far off this scale")
+        return bars.properties(height=step), (f"Memory per storage format. The {plan.gpu}'s {gpu_gib:,.1f} GiB "
+                                              "are far off this scale.")
     limit = alt.Chart(pd.DataFrame([{"GiB": gpu_gib, "label": f"{plan.gpu} memory"}])
                       ).mark_rule(color="red", strokeDash=[4, 3], size=2).encode(x="GiB:Q", tooltip=["label"])
-    return (bars + limit).properties(height=170, title=f"red line: {plan.gpu} memory ({gpu_gib:,.1f} GiB)")
+    return (bars + limit).properties(height=step), (f"Memory per storage format; red line: the {plan.gpu}'s "
+                                                    f"memory ({gpu_gib:,.1f} GiB).")
 
 
 def plan_lines(plan: core_planner.Plan) -> list[str]:
-    """The arithmetic behind the plan's headline numbers, one line each."""
+    """The arithmetic behind the plan's headline numbers, one line each, with the rule each one applied."""
+    kv = ("KV cache: unknown — " + plan.kv_rule if plan.kv_cache_bytes is None else
+          f"KV cache: {plan.kv_bytes_per_token:,.0f} bytes per token × {plan.seq:,} tokens × {plan.batch:,} "
+          f"sequences ({plan.kv_rule}) = {plan.kv_cache_bytes:,} bytes ({format_bytes(plan.kv_cache_bytes)})")
+    flops = plan.weight_flops_per_token + plan.attention_flops_per_token
     return [
-        f"weights: {plan.parameters:,} parameters × {plan.bytes_per_parameter:g} bytes = "
-        f"{plan.weights_bytes:,} bytes ({format_bytes(plan.weights_bytes)})",
-        f"KV cache: {plan.kv_bytes_per_token:,.0f} bytes per token × {plan.seq:,} tokens × {plan.batch:,} "
-        f"sequences = {plan.kv_cache_bytes:,} bytes ({format_bytes(plan.kv_cache_bytes)})",
-        f"prefill (compute bound): {plan.peak_flops / 1e12:,.0f} TFLOP/s ÷ (2 × {plan.parameters:,} FLOPs per "
-        f"token) = {plan.prefill_tokens_per_s:,.0f} tokens/s",
+        f"weights: {plan.weights_rule} = {plan.weights_bytes:,} bytes ({format_bytes(plan.weights_bytes)})",
+        kv,
+        f"prefill (compute bound): {plan.peak_flops / 1e12:,.0f} TFLOP/s ÷ ({plan.weight_flops_per_token:,.3g} "
+        f"FLOPs of weights (2N) + {plan.attention_flops_per_token:,.3g} FLOPs of attention (4 × layers × "
+        f"{plan.seq:,} keys × d_attn) per token = {flops:,.3g}) = {plan.prefill_tokens_per_s:,.0f} tokens/s",
         f"decode ({plan.decode_bound} bound): {plan.batch} × {plan.bandwidth_bytes_per_s / 1e9:,.0f} GB/s ÷ "
         f"{plan.decode_bytes_per_step / 1e9:,.2f} GB read per step = {plan.decode_tokens_per_s:,.1f} tokens/s",
+        f"{plan.gpu} memory: {format_bytes(plan.gpu_memory_bytes)}, {plan.gpu_memory_source}",
     ]

@@ -56,8 +56,9 @@ def quality_chart(frame: pd.DataFrame, quality: str) -> alt.LayerChart | None:
     ok = frame[frame[quality].map(lambda v: isinstance(v, float) and math.isfinite(v))]
     if ok.empty:
         return None
-    title = {"perplexity": "perplexity on the held-out text (lower is better)",
-             "mean_kl": "mean KL to fp32, nats (lower is better)"}[quality]
+    # Two lines: in one, the vertical title was longer than the 280 px plot and cut ("lower is bett").
+    title = {"perplexity": ["perplexity on the held-out text", "(lower is better)"],
+             "mean_kl": ["mean KL to fp32, nats", "(lower is better)"]}[quality]
     base = alt.Chart(ok).encode(
         x=alt.X("memory_mib:Q", title="memory of the loaded model (MiB)", scale=alt.Scale(zero=False)),
         y=alt.Y(f"{quality}:Q", title=title, scale=alt.Scale(zero=False)),

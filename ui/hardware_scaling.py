@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core.hardware import scaling as core_scaling
+from ui.charts import place_labels
 
 BUDGETS = (1e19, 1e20, 1e21, 1e22, 1e23, 1e24, 1e25)
 
@@ -61,20 +62,33 @@ def placement_chart(known: list[dict], runs: list[dict], budget_points: list[dic
                 axis=alt.Axis(format="~s")),
         y=alt.Y("tokens:Q", scale=alt.Scale(type="log"), title="training tokens D (log; T = trillion)",
                 axis=alt.Axis(format="~s")),
-        color=alt.Color("rule:N", title="compute-optimal by", scale=alt.Scale(scheme="set2")),
+        color=alt.Color("rule:N", title="compute-optimal by", scale=alt.Scale(scheme="set2"),
+                        legend=alt.Legend(orient="bottom", columns=2, labelLimit=300)),  # the plot keeps the width
         detail="rule:N", tooltip=["rule", alt.Tooltip("compute:Q", format=".2e")])
     points = pd.DataFrame([{**k, "kind": "published model"} for k in known]
                           + [{**r, "kind": "training-lab run"} for r in runs]
                           + [{**b, "kind": "your budget"} for b in budget_points])
     dots = alt.Chart(points).mark_point(filled=True, size=70).encode(
         x="parameters:Q", y="tokens:Q",
-        shape=alt.Shape("kind:N", title=None),
+        shape=alt.Shape("kind:N", title=None, legend=alt.Legend(orient="bottom")),
         fill=alt.value("#333"),
         tooltip=["name", "kind", alt.Tooltip("parameters:Q", format=".3s"), alt.Tooltip("tokens:Q", format=".3s"),
                  alt.Tooltip("compute:Q", format=".2e")])
-    labels = alt.Chart(points[points["kind"] != "your budget"]).mark_text(dx=7, dy=-5, align="left", fontSize=10).encode(
-        x="parameters:Q", y="tokens:Q", text="name")
+    named = points[points["kind"] != "your budget"].copy()
+    # Labels on free spots around their points: 65B-70B models trained on 1.4-2T tokens sit on top of each other.
+    named["lx"], named["ly"] = place_labels(named["parameters"].to_numpy(float), named["tokens"].to_numpy(float),
+                                            list(named["name"]), width=620, height=270, char_px=5.6, log=True,
+                                            domain=(_decades(lines_frame["parameters"], named["parameters"]),
+                                                    _decades(lines_frame["tokens"], named["tokens"])))
+    labels = alt.Chart(named).mark_text(align="left", baseline="middle", fontSize=10).encode(
+        x="lx:Q", y="ly:Q", text="name")
     return (lines + dots + labels).properties(height=400)
+
+
+def _decades(*columns: pd.Series) -> tuple[float, float]:
+    """The range a log axis shows for these values: Vega rounds it out to whole powers of ten."""
+    values = pd.concat(columns).astype(float)
+    return 10.0 ** math.floor(math.log10(values.min())), 10.0 ** math.ceil(math.log10(values.max()))
 
 
 @st.cache_data(show_spinner=False, ttl=30)

@@ -43,3 +43,16 @@ def latency_chart(frame: pd.DataFrame) -> alt.Chart:
                         legend=alt.Legend(orient="bottom", title=None)),
         tooltip=["run:N", "new token:Q", alt.Tooltip("ms:Q", format=".2f"), "forward input:N"],
     ).properties(height=300, width="container")
+
+
+def difference_text(m: KVMeasurement) -> str:
+    """Whether the two runs chose the same tokens and, where they part, how close the top two logits were."""
+    first = m.first_difference()
+    if first is None:
+        return "Both runs produced the same tokens."
+    k, with_gap, without_gap = first
+    tie = max(with_gap, without_gap) < 1e-3
+    return (f"The two runs part at new token {k + 1}: the top two logits were {with_gap:.2g} apart with the cache "
+            f"and {without_gap:.2g} without, "
+            + ("a near tie that the two paths' different floating-point rounding can flip." if tie else
+               "not a near tie, so rounding alone does not explain it."))

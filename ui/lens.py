@@ -12,6 +12,9 @@ from core.models.capture import Capture, token_display
 from core.models.loading import LoadedModel
 
 PLOT_SIZE = alt.AutoSizeParams(type="pad")  # width/height = the cells, axes and legend come on top
+# Under the cells, not at their right: a right-hand legend pushed the chart past the page and was cut off.
+CELL = 42  # px per position: 16 positions and the layer axis fit a 1280 px window beside the sidebar
+BOTTOM_LEGEND = alt.Legend(orient="bottom", direction="horizontal", gradientLength=240)
 LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")  # whole layers only (a 2-layer model got 0.5 ticks)
 
 
@@ -83,9 +86,9 @@ def _base(df: pd.DataFrame, labels: list[str], layers: int, width_per: int) -> a
 
 def top_token_chart(df: pd.DataFrame, labels: list[str], layers: int) -> alt.LayerChart:
     """Layer x position: the lens's top token as text, its probability as colour."""
-    base = _base(df, labels, layers, 46)
+    base = _base(df, labels, layers, CELL)
     rect = base.mark_rect().encode(color=alt.Color("probability:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]),
-                                                   title="top-1 prob"))
+                                                   title="top-1 prob", legend=BOTTOM_LEGEND))
     text = base.mark_text(fontSize=10).encode(
         text="label:N", color=alt.condition("datum.probability > 0.55", alt.value("white"), alt.value("black")))
     return alt.layer(rect, text).properties(autosize=PLOT_SIZE)
@@ -93,10 +96,10 @@ def top_token_chart(df: pd.DataFrame, labels: list[str], layers: int) -> alt.Lay
 
 def rank_chart(df: pd.DataFrame, labels: list[str], layers: int) -> alt.LayerChart:
     """Layer x position: rank of the tracked token (1 = top), log colour scale."""
-    base = _base(df[df["target rank"].notna()], labels, layers, 46)
+    base = _base(df[df["target rank"].notna()], labels, layers, CELL)
     rect = base.mark_rect().encode(color=alt.Color("log10 rank:Q", scale=alt.Scale(scheme="orangered", reverse=True,
                                                                                   domainMin=0),
-                                                   title="log₁₀ rank"))
+                                                   title="log₁₀ rank", legend=BOTTOM_LEGEND))
     text = base.mark_text(fontSize=9).encode(
         text=alt.Text("target rank:Q", format="d"),
         color=alt.condition("datum['log10 rank'] < 1.5", alt.value("white"), alt.value("black")))
@@ -113,7 +116,7 @@ def trajectory_chart(lens: core_lens.LogitLens, position: int = 0) -> alt.Chart:
     return alt.Chart(df).mark_line(point=True).encode(
         x=alt.X("layer:Q", scale=alt.Scale(domain=[0, layers]), axis=LAYER_AXIS),
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("series:N", title=None),
+        color=alt.Color("series:N", title=None, legend=alt.Legend(orient="top")),
         tooltip=["layer:Q", "series:N", alt.Tooltip("probability:Q", format=".4f")],
     ).properties(height=260)
 

@@ -6,15 +6,21 @@ One model instance per spec serves every session (st.cache_resource); sessions o
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import streamlit as st
 
+from core.inspect import survey
+from core.inspect.stepwise import PARITY_TOLERANCE, RELATIVE_TOLERANCE
 from core.models.capture import Capture, InputError, run_forward
-from core.train.runs import saved_models
+from core.runs import saved_models
 from ui.navigation import ensure_app_navigation
 from ui.state import set_params
+from ui.text import code, md
+from core.models import loading
 from core.models.loading import (
+    AUTO_DTYPE,
     DEVICES,
     DTYPES,
     EMBEDDED,
@@ -52,13 +58,13 @@ def current_spec() -> ModelSpec:
 
 
 def choices() -> dict[str, str]:
-    """Picker entries: source -> label. Saved training runs (core.train.runs) come after the tiny models."""
+    """Picker entries: source -> label. Saved training runs (core.runs) come after the tiny models."""
     entries = {k: v for k, v in _CHOICES.items() if k != HUB_CHOICE}
     try:
         runs = saved_models()
     except OSError:  # an unreadable runs folder must not break every page
         runs = []
-    entries.update({str(run.path): run.label for run in runs})
+    entries.update({str(run.path): run.label for run in runs if loading.local_folder_allowed(str(run.path))})
     entries[HUB_CHOICE] = HUB_CHOICE
     return entries
 
@@ -69,7 +75,8 @@ def spec_from_link() -> ModelSpec | None:
     if not any(asked.values()):
         return None
     base = default_spec()
-    return parse_spec(asked["source"] or base.source, asked["dtype"] or base.dtype,
+    # No dtype in the link: `auto` (bfloat16 for a model above ~1B parameters on the CPU).
+    return parse_spec(asked["source"] or base.source, asked["dtype"] or AUTO_DTYPE,
                       asked["device"] or base.device, asked["quantization"] or base.quantization)
 
 
@@ -89,22 +96,41 @@ def get_model(spec: ModelSpec) -> LoadedModel:
     with _loaded_lock:
         known = spec.key in _loaded_keys
     if known:
-        return _cached_model(spec.key, spec)
-    first = ("The first load dequantizes the GGUF file shipped in the wheel (about 15 s); "
-             "it is then cached on disk and later loads take about 2 s.") if spec.source == EMBEDDED else ""
-    with st.status(f"Loading {spec.label}…", expanded=bool(first)) as status:
+        lm = _cached_model(spec.key, spec)
+        survey.survey(lm.model, lm.spec.key)  # a no-op once started; restarts after an eviction
+        return lm
+    first = ("The first load dequantizes the GGUF file shipped in the wheel (15–25 s on 2 free CPU cores, "
+             "longer when they are busy); it is then cached on disk as safetensors and later loads take about a "
+             "second (a few seconds on busy cores).") if spec.source == EMBEDDED else ""
+    with st.status(f"Loading {md(spec.label)}…", expanded=bool(first)) as status:
         if first:
             st.write(first)
         try:
             lm = _cached_model(spec.key, spec)
         except ModelLoadError:
-            status.update(label=f"Could not load {spec.label}: the reason is in the sidebar", state="error",
+            status.update(label=f"Could not load {md(spec.label)}: the reason is in the sidebar", state="error",
                           expanded=False)
             raise
-        status.update(label=f"Loaded {spec.label} in {lm.load_seconds:.1f} s", state="complete", expanded=False)
+        status.update(label=f"Loaded {md(spec.label)} in {lm.load_seconds:.1f} s", state="complete", expanded=False)
     with _loaded_lock:
         _loaded_keys.add(spec.key)
+    # The pass over every weight (Parameters, Weights) starts now, in the background, once per model.
+    survey.survey(lm.model, lm.spec.key)
     return lm
+
+
+def literal(text: str) -> str:
+    """`text` for st.error / st.markdown exactly as typed: Markdown escaped (ui.text.md), and a word joiner
+    (U+2060, invisible) inside `://`, `www.` and `@`, because the renderer links a bare URL, `www.` name or
+    e-mail address found in the text even when it is escaped. A `?model=` link must not put a clickable
+    link in the sidebar."""
+    escaped = md(text).replace("\\://", "\\:\u2060//").replace("@", "@\u2060")
+    return re.sub(r"(?i)(www)(\\\.)", "\\1\u2060\\2", escaped)
+
+
+@st.cache_data(show_spinner=False, ttl=600, max_entries=64)
+def _auto_dtype(source: str, device: str) -> str:
+    return loading.default_dtype(source, device)
 
 
 def _picker_form(spec: ModelSpec) -> ModelSpec | None:
@@ -118,7 +144,13 @@ def _picker_form(spec: ModelSpec) -> ModelSpec | None:
                               format_func=entries.get, label_visibility="collapsed")
         hub_id = st.text_input("Hub id or folder (when chosen above)", value="" if in_list else spec.source,
                                placeholder="HuggingFaceTB/SmolLM2-360M-Instruct")
-        dtype = st.selectbox("dtype", list(DTYPES), index=list(DTYPES).index(spec.dtype))
+        dtypes = [AUTO_DTYPE, *DTYPES]
+        shown_dtype = AUTO_DTYPE if spec.dtype == _auto_dtype(spec.source, spec.device) else spec.dtype
+        dtype = st.selectbox("dtype", dtypes, index=dtypes.index(shown_dtype),
+                             format_func=lambda d: "auto (bfloat16 above 1B parameters on CPU)" if d == AUTO_DTYPE else d,
+                             help="bfloat16 halves the memory of the weights; the forward pass page's parity check "
+                                  "then judges the relative error (tolerance "
+                                  f"{RELATIVE_TOLERANCE['bfloat16']:g}) instead of max |Δ| ≤ {PARITY_TOLERANCE:g}")
         c1, c2 = st.columns(2)
         device = c1.selectbox("device", list(DEVICES), index=list(DEVICES).index(spec.device),
                               help="auto: the GPU when there is one (spread over GPU and CPU by "
@@ -151,7 +183,7 @@ def model_picker() -> LoadedModel:
     except ModelLoadError as exc:
         st.session_state[ERROR_KEY] = str(exc)
     if st.session_state.get(ERROR_KEY):
-        st.sidebar.error(st.session_state[ERROR_KEY])
+        st.sidebar.error(literal(st.session_state[ERROR_KEY]))
     try:
         lm = get_model(spec)
     except ModelLoadError as exc:  # e.g. the Hub went away after a restart: fall back to the default
@@ -159,7 +191,7 @@ def model_picker() -> LoadedModel:
         st.session_state[SPEC_KEY] = spec = default_spec()
         lm = get_model(spec)
     _write_link(lm.spec)
-    st.sidebar.caption(f"Loaded: **{lm.name}** · {lm.summary()}")
+    st.sidebar.caption(f"Loaded: {code(lm.name)} · {lm.summary()}")  # a code span: a folder name shows literally
     return lm
 
 

@@ -13,14 +13,19 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.align import memory as align_memory
 from core.align import common, dpo, grpo, ppo, reward, rewards
-from core.jobs import Job, JobError, JobSnapshot
+from core.jobs import REGISTRY, Job, JobError, JobLimitError, JobSnapshot
+from core.models.capture import token_display
 from core.models.loading import LoadedModel
 from core.units import format_duration
+from ui.inputs import checked_text, whole_number
 from ui.jobs import attached_job, job_controls, live_panel, start_job
 from ui.text import md
 
 SFT_PROMPT = "How do I make a cup of tea?"
+SCORE_CAP = 512  # tokens per box of "Score your own answers": one forward pass of the reward model
+WORD_CHARS = 40  # the "contains" reward's word: a substring test, any longer is not a word
 
 
 def tokenizer_copy(lm: LoadedModel) -> Any:
@@ -83,17 +88,21 @@ def in_out(goes_in: str, comes_out: str) -> None:
 
 
 def run_block(param: str, kind: str, title: str, total: int, make_work: Callable[[], Callable[[Job], Any]],
-              draw: Callable[[JobSnapshot], None], validate: Callable[[], Any]) -> Job | None:
+              draw: Callable[[JobSnapshot], None], validate: Callable[[], Any], lm: LoadedModel) -> Job | None:
     """Start button (validated first, nothing starts on a bad setting), then controls and the live panel."""
     job = attached_job(param)
     if job is None or not job.snapshot().active:
-        if st.button(f"▶ Start {title}", key=f"rlhf_start_{param}", type="primary"):
+        slot = st.empty()  # cleared once the job starts: no second Start while it runs
+        if slot.button(f"▶ Start {title}", key=f"rlhf_start_{param}", type="primary"):
             try:
                 validate()
             except JobError as exc:
                 st.warning(str(exc))
             else:
-                job = start_job(param, kind, make_work(), title=title, total_steps=total) or job
+                peak = align_memory.peak_bytes(kind, lm.n_parameters, lm.config)  # admitted against the budget
+                job = start_job(param, kind, make_work(), title=title, total_steps=total, peak_bytes=peak) or job
+                if job is not None and job.snapshot().active:
+                    slot.empty()
     if job is not None:
         job_controls(job, key=f"rlhf_{param}")
         live_panel(job, draw)
@@ -126,17 +135,22 @@ def sft_step(lm: LoadedModel) -> None:
     c1.metric("SFT loss on the polite answer", f"{l_c:.3f} nats/token", help=pair.chosen)
     c2.metric("SFT loss on the rude answer", f"{l_r:.3f} nats/token", help=pair.rejected)
     st.caption(f"Polite: {pair.chosen}  \nRude: {pair.rejected}")
-    rows = [{"answer": "polite", "position": i, "token": t, "nll": v} for i, (t, v) in enumerate(zip(tok_c, nll_c))]
-    rows += [{"answer": "rude", "position": i, "token": t, "nll": v} for i, (t, v) in enumerate(zip(tok_r, nll_r))]
-    chart = alt.Chart(pd.DataFrame(rows), title="Per-token loss −log π(yₜ | x, y<ₜ)").mark_bar().encode(
-        x=alt.X("position:O", title="answer token"), y=alt.Y("nll:Q", title="−log p (nats)"),
-        color=alt.Color("answer:N", title=None, legend=alt.Legend(orient="top")), xOffset="answer:N",
-        tooltip=["answer", "token", alt.Tooltip("nll:Q", format=".3f", title="−log p")]).properties(height=240)
-    st.altair_chart(chart, width="stretch")
+    top = max(nll_c + nll_r, default=1.0)  # one y scale for both answers, so their bars compare
+    for name, toks, nll, colour in (("polite", tok_c, nll_c, "#1c7ed6"), ("rude", tok_r, nll_r, "#e8590c")):
+        st.altair_chart(token_loss_chart(name, toks, nll, colour, top), width="stretch")
     own = answers(lm.spec.key, (prompt,), 40, lm)[0]
     st.markdown(f"**The model's own answer** (greedy): {md(own) if own else '(empty)'}")
     st.caption("SFT teaches imitation, not preference: it never sees a *bad* answer. The next steps use "
                "comparisons between answers.")
+
+
+def token_loss_chart(name: str, tokens: list[str], nll: list[float], colour: str, top: float) -> alt.Chart:
+    """One answer's per-token loss, each bar labelled by its own token (the two answers differ token by token)."""
+    df = pd.DataFrame({"token": [f"{i}·{token_display(t)}" for i, t in enumerate(tokens)], "nll": nll})
+    return alt.Chart(df, title=f"Per-token loss −log π(yₜ | x, y<ₜ), {name} answer").mark_bar(color=colour).encode(
+        x=alt.X("token:N", sort=None, title=None, axis=alt.Axis(labelAngle=-45, labelLimit=120)),
+        y=alt.Y("nll:Q", title="−log p (nats)", scale=alt.Scale(domain=[0, top])),
+        tooltip=["token", alt.Tooltip("nll:Q", format=".3f", title="−log p")]).properties(height=220)
 
 
 # ---------------------------------------------------------------- 2. reward model
@@ -152,10 +166,12 @@ def reward_step(lm: LoadedModel) -> None:
     with st.expander("The preference pairs"):
         st.dataframe(pd.DataFrame([p.__dict__ for p in common.preference_pairs()]), width="stretch", hide_index=True)
     c1, c2, c3 = st.columns(3)
-    steps = c1.number_input("Steps", 1, 2000, 40, key="rlhf_rm_steps")
+    steps = whole_number("Steps", 40, 1, 2000, "rlhf_rm_steps", where=c1)
     lr = c2.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 1e-3, key="rlhf_rm_lr")
-    layers = c3.number_input("Blocks trained too", 0, 4, 0, key="rlhf_rm_layers",
-                             help="0: the backbone is frozen and only the head learns (fast)")
+    layers = whole_number("Blocks trained too", 0, 0, 4, "rlhf_rm_layers", where=c3,
+                          help="0: the backbone is frozen and only the head learns (fast)")
+    if steps is None or layers is None:
+        return  # the box says what to type
     cfg = reward.RewardConfig(steps=int(steps), lr=float(lr), train_layers=int(layers))
 
     def draw(snap: JobSnapshot) -> None:
@@ -167,7 +183,7 @@ def reward_step(lm: LoadedModel) -> None:
 
     job = run_block("rm", "reward", f"reward model ({lm.name})", cfg.steps,
                     lambda: with_tokenizer(lm, lambda tok, job: reward.train_reward_model(lm.model, tok, cfg, job)), draw,
-                    lambda: reward.validate(cfg))
+                    lambda: reward.validate(cfg), lm)
     snap = job.snapshot() if job else None
     if snap is None or snap.status != "finished":
         return
@@ -175,7 +191,8 @@ def reward_step(lm: LoadedModel) -> None:
     m = st.columns(3)
     m[0].metric("Held-out accuracy", f"{res.test_accuracy_after:.0%}",
                 f"{res.test_accuracy_after - res.test_accuracy_before:+.0%} from {res.test_accuracy_before:.0%}")
-    m[1].metric("Final loss", f"{res.rows[-1]['loss']:.3f}", f"{res.rows[-1]['loss'] - res.rows[0]['loss']:+.3f}")
+    m[1].metric("Final loss", f"{res.rows[-1]['loss']:.3f}", f"{res.rows[-1]['loss'] - res.rows[0]['loss']:+.3f}",
+                delta_color="inverse")  # a falling loss is the good direction: green
     m[2].metric("Time per step", format_duration(res.seconds_per_step))
     st.dataframe(pd.DataFrame(res.test_pairs), width="stretch", hide_index=True,
                  column_config={"r_chosen": st.column_config.NumberColumn(format="%.3f"),
@@ -187,10 +204,13 @@ def reward_step(lm: LoadedModel) -> None:
         a2 = st.text_area("Answer B", "Do it yourself. I am not your teacher.", height=68)
         scored = st.form_submit_button("Score both")
     if scored:
+        why = "the reward model reads each box in one forward pass"
         if not prompt.strip() or not a1.strip() or not a2.strip():
             st.info("Type a prompt and two answers.")
-        else:
-            r1, r2 = res.model.score(prompt, a1), res.model.score(prompt, a2)
+        elif all([checked_text(lm, prompt, SCORE_CAP, why, "prompt", caption=False),
+                  checked_text(lm, a1, SCORE_CAP, why, "answer A", caption=False),
+                  checked_text(lm, a2, SCORE_CAP, why, "answer B", caption=False)]):
+            r1, r2 = reward.score_answers(lm.model, tokenizer_copy(lm), res, prompt, [a1, a2])
             c = st.columns(3)
             c[0].metric("r(x, A)", f"{r1:.3f}")
             c[1].metric("r(x, B)", f"{r2:.3f}")
@@ -219,14 +239,21 @@ def ppo_step(lm: LoadedModel) -> None:
     eps = c4.select_slider("ε (clip)", [0.05, 0.1, 0.2, 0.3, 0.5], 0.2, key="rlhf_ppo_eps")
     beta = c5.select_slider("β (KL)", [0.0, 0.01, 0.05, 0.1, 0.5], 0.05, key="rlhf_ppo_beta")
     lr = c6.select_slider("SGD step size", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 1e-3, key="rlhf_ppo_lr")
-    seed = c7.number_input("Seed", 0, 10_000, 0, key="rlhf_ppo_seed")
-    word = st.text_input("Word", "thank", key="rlhf_ppo_word") if kind == "contains" else "thank"
-    target = int(st.number_input("Target words", 1, 200, 5, key="rlhf_ppo_target")) if kind == "length" else 5
-    if st.button("▶ Sample a rollout and take one PPO step", key="rlhf_ppo_go", type="primary"):
-        try:
-            st.session_state["rlhf_ppo_result"] = ppo_update(lm.spec.key, prompt, kind, word, target, float(baseline),
-                                                             float(eps), float(beta), float(lr), int(seed), lm)
-        except (ValueError, JobError) as exc:
+    seed = whole_number("Seed", 0, 0, 10_000, "rlhf_ppo_seed", where=c7)
+    word = st.text_input("Word", "thank", key="rlhf_ppo_word", max_chars=WORD_CHARS) if kind == "contains" \
+        else "thank"
+    target = whole_number("Target words", 5, 1, 200, "rlhf_ppo_target") if kind == "length" else 5
+    fits = checked_text(lm, prompt, ppo.MAX_PROMPT_TOKENS, ppo.WHY_CAP, "prompt")
+    word = word[:WORD_CHARS]  # a link or an old session may carry a longer one
+    if st.button("▶ Sample a rollout and take one PPO step", key="rlhf_ppo_go", type="primary",
+                 disabled=not fits or seed is None or target is None):
+        try:  # a PPO step copies the model three times: admitted against the server's memory like a job
+            with REGISTRY.heavy(align_memory.peak_bytes("ppo", lm.n_parameters, lm.config, ppo.MAX_PROMPT_TOKENS),
+                                "the PPO step"):
+                st.session_state["rlhf_ppo_result"] = ppo_update(lm.spec.key, prompt, kind, word, target,
+                                                                 float(baseline), float(eps), float(beta), float(lr),
+                                                                 int(seed), lm)
+        except (ValueError, JobError, JobLimitError) as exc:
             st.warning(str(exc))
     ex: ppo.PPOExample | None = st.session_state.get("rlhf_ppo_result")
     if ex is None:
@@ -269,10 +296,12 @@ def dpo_step(lm: LoadedModel) -> None:
                 "it starts at exactly 0 because π = π_ref. KL is the mean per-token KL(π ‖ π_ref) on a batch of "
                 "chosen answers.")
     c1, c2, c3, c4 = st.columns(4)
-    steps = c1.number_input("Steps", 1, 500, 10, key="rlhf_dpo_steps")
+    steps = whole_number("Steps", 10, 1, 500, "rlhf_dpo_steps", where=c1)
     lr = c2.select_slider("Learning rate", [1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5], 5e-6, key="rlhf_dpo_lr")
     beta = c3.select_slider("β", [0.01, 0.05, 0.1, 0.3, 0.5, 1.0], 0.1, key="rlhf_dpo_beta")
-    batch = c4.number_input("Pairs per step", 1, 16, 4, key="rlhf_dpo_batch")
+    batch = whole_number("Pairs per step", 4, 1, 16, "rlhf_dpo_batch", where=c4)
+    if steps is None or batch is None:
+        return
     cfg = dpo.DPOConfigLab(steps=int(steps), lr=float(lr), beta=float(beta), batch_size=int(batch))
 
     def draw(snap: JobSnapshot) -> None:
@@ -289,7 +318,8 @@ def dpo_step(lm: LoadedModel) -> None:
             curves(snap.metrics, {"kl": "KL(π ‖ π_ref) per token"}, "KL to the reference")
 
     job = run_block("dpo", "dpo", f"DPO ({lm.name})", cfg.steps,
-                    lambda: with_tokenizer(lm, lambda tok, job: dpo.run_dpo(lm.model, tok, cfg, job)), draw, lambda: dpo.validate(cfg))
+                    lambda: with_tokenizer(lm, lambda tok, job: dpo.run_dpo(lm.model, tok, cfg, job)), draw, lambda: dpo.validate(cfg),
+                    lm)
     snap = job.snapshot() if job else None
     if snap is None or snap.status != "finished":
         return
@@ -319,13 +349,16 @@ def grpo_step(lm: LoadedModel) -> None:
                 "model for a meaningful run; the length reward still moves here.")
     c1, c2, c3 = st.columns(3)
     kind = c1.selectbox("Reward", rewards.REWARD_KINDS, key="rlhf_grpo_reward", format_func=lambda k: k.replace("_", " "))
-    word = c2.text_input("Word", "thank", key="rlhf_grpo_word") if kind == "contains" else "thank"
-    target = int(c2.number_input("Target words", 1, 200, 5, key="rlhf_grpo_target")) if kind == "length" else 5
-    steps = c3.number_input("Steps", 1, 200, 8, key="rlhf_grpo_steps")
+    word = c2.text_input("Word", "thank", key="rlhf_grpo_word", max_chars=WORD_CHARS) if kind == "contains" \
+        else "thank"
+    target = whole_number("Target words", 5, 1, 200, "rlhf_grpo_target", where=c2) if kind == "length" else 5
+    steps = whole_number("Steps", 8, 1, 200, "rlhf_grpo_steps", where=c3)
     c4, c5, c6 = st.columns(3)
-    gens = c4.number_input("Group size G", 2, 16, 4, key="rlhf_grpo_g")
-    new = c5.number_input("Completion tokens", 4, 128, 16, key="rlhf_grpo_tokens")
+    gens = whole_number("Group size G", 4, 2, 16, "rlhf_grpo_g", where=c4)
+    new = whole_number("Completion tokens", 16, 4, 128, "rlhf_grpo_tokens", where=c5)
     lr = c6.select_slider("Learning rate", [5e-6, 1e-5, 2e-5, 5e-5, 1e-4], 2e-5, key="rlhf_grpo_lr")
+    if None in (target, steps, gens, new):
+        return
     cfg = grpo.GRPOConfigLab(reward=kind, word=word, target=target, steps=int(steps), lr=float(lr),
                              generations=int(gens), max_new_tokens=int(new))
 
@@ -340,7 +373,8 @@ def grpo_step(lm: LoadedModel) -> None:
             group_table(group)
 
     job = run_block("grpo", "grpo", f"GRPO ({lm.name})", cfg.steps,
-                    lambda: with_tokenizer(lm, lambda tok, job: grpo.run_grpo(lm.model, tok, cfg, job)), draw, lambda: grpo.validate(cfg))
+                    lambda: with_tokenizer(lm, lambda tok, job: grpo.run_grpo(lm.model, tok, cfg, job)), draw, lambda: grpo.validate(cfg),
+                    lm)
     snap = job.snapshot() if job else None
     if snap is None or snap.status != "finished":
         return

@@ -3,12 +3,12 @@ Streamlit renders captions, markdown and chips as Markdown (with LaTeX between d
 
 from __future__ import annotations
 
-import html
 import re
 
 from core.models.capture import token_display
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:])")
+_HTML_SPECIALS = frozenset("&<>\"'\\`*_{}[]()#+-.!|~$:")
 
 
 def md(text: str) -> str:
@@ -34,8 +34,9 @@ def html_text(text: str) -> str:
 
     Markdown (and LaTeX between dollars) still runs over such HTML in Streamlit, so its specials become
     numeric entities too."""
-    escaped = html.escape(text, quote=True)
-    return "".join(f"&#{ord(c)};" if c in "\\`*_{}[]()#+-.!|~$:" else c for c in escaped)
+    # One pass, one entity per character: escaping HTML first and then `#` would turn `'` into
+    # `&#x27;` and its `#` into `&#35;`, so the page showed the entity itself (`&#x27;s`).
+    return "".join(f"&#{ord(c)};" if c in _HTML_SPECIALS else c for c in text)
 
 
 def token_html(token: str) -> str:

@@ -6,6 +6,8 @@ The page stays a thin story; everything that touches a job or draws a curve from
 from __future__ import annotations
 
 import math
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.jobs import JobSnapshot
-from core.train.config import TrainConfig
+from core.jobs import REGISTRY, JobSnapshot
+from core.train.config import TrainConfig, lr_at
 from core.train.export import export_reason
 from core.train.lessons import LESSONS, run_lesson
+from core.train.lessons import figures as lesson_figures
 from core.train.model import GPT
-from core.train.pretrain import estimate_step_bytes, prepare_data, read_run_config, train
-from core.train.runs import enforce_cap, run_info, run_path, runs_cap_bytes
+from core.runs import is_live, make_room, reserve_run, run_info, run_path
+from core.train.pretrain import estimate_step_bytes, peak_bytes, prepare_data, read_run_config, train
 from core.units import format_bytes, format_duration
 from ui.jobs import owner_id, start_job
 
@@ -47,30 +50,78 @@ def check_config(config: TrainConfig) -> tuple[int, int] | None:
 
 
 def start_pretraining(config: TrainConfig, name: str, resume: bool = False):
-    """Validate, make room under the runs-folder cap, start the job; None after showing why not."""
+    """Validate, claim the run's name, start (or queue) the job; None after showing why not."""
     try:
         run = run_path(name)
         if resume:
+            if is_live(run):
+                raise ValueError(f"{name} is training right now in another job: watch it through its link, or "
+                                 "resume it once it has stopped.")
             saved = read_run_config(run)
             done = int(run_info(run).get("step") or 0)
             if config.max_iters <= done:
                 raise ValueError(f"{name} is already at step {done:,}: to continue, train until a later step.")
             saved.max_iters = config.max_iters
             config = saved
-        prepare_data(config)
+        data = prepare_data(config)
     except ValueError as exc:
         st.error(str(exc))
         return None
-    if not resume and run.exists():
-        st.error(f"A run named {name!r} exists already: resume it below, or choose another name.")
-        return None
-    owner = owner_id()
-    make_room(run)
+    owner, job_id = owner_id(), secrets.token_urlsafe(9)
+    if not resume:
+        try:  # one mkdir checks and claims the name, before the job may wait in the queue
+            reserve_run(run, job_id=job_id, owner=owner, kind="pretrain")
+        except ValueError as exc:
+            st.error(str(exc))
+            return None
+    old_job = run_info(run).get("job_id") if resume else None
+    job = start_job(TRAIN_PARAM, "pretrain", pretrain_work(config, run, owner, resume), title=f"pre-training {name}",
+                    total_steps=config.max_iters, peak_bytes=peak_bytes(config, data), job_id=job_id)
+    if job is None and not resume:
+        shutil.rmtree(run, ignore_errors=True)  # refused: the name is free again, and nothing else was touched
+    elif job is not None and old_job:
+        REGISTRY.alias(old_job, job)  # a link to the run's earlier job now shows this one
+    return job
+
+
+def pretrain_work(config: TrainConfig, run: Path, owner: str, resume: bool):
+    """The job: make room under the runs-folder cap once it really starts (never for a refused or queued
+    start), then train. What the cap removed is reported on the job's own panel."""
 
     def work(job):
+        make_room(job, owner, run)
         return train(config, run, job, resume=resume, owner=owner)
 
-    return start_job(TRAIN_PARAM, "pretrain", work, title=f"pre-training {name}", total_steps=config.max_iters)
+    return work
+
+
+def resume_interrupted(entry) -> object | None:
+    """Start a job that resumes an interrupted pre-training run for its owner (LLM_LAB_AUTO_RESUME); the run's
+    old job id points at it."""
+    from core.jobs import JobLimitError
+
+    run = entry.path
+    try:
+        config = read_run_config(run)
+        data = prepare_data(config)
+        info = run_info(run)
+        owner = str(info.get("owner") or "server")
+        job = REGISTRY.start("pretrain", owner, pretrain_work(config, run, owner, True),
+                             title=f"pre-training {run.name}", total_steps=config.max_iters,
+                             peak_bytes=peak_bytes(config, data))
+    except (ValueError, JobLimitError):
+        return None
+    if info.get("job_id"):
+        REGISTRY.alias(str(info["job_id"]), job)
+    return job
+
+
+def planned_steps(run: Path) -> int:
+    """The number of steps a saved run was configured for (what "Train until step" starts from)."""
+    try:
+        return int(read_run_config(run).max_iters)
+    except (ValueError, OSError):
+        return int(run_info(run).get("max_iters") or 2000)
 
 
 def start_lesson(key: str):
@@ -80,6 +131,16 @@ def start_lesson(key: str):
                      total_steps=total)
 
 
+def schedule_warning(config: TrainConfig) -> str | None:
+    """A warmup as long as the run: the learning rate never reaches the value the user typed."""
+    if not config.decay_lr or config.warmup_iters < config.max_iters:
+        return None
+    top = max(lr_at(config, s) for s in range(config.max_iters))
+    return (f"Warmup ({config.warmup_iters:,} steps) is not shorter than the run ({config.max_iters:,} steps): the "
+            f"learning rate only climbs, to {top:.3g} at the last step, and never reaches the {config.learning_rate:.3g} "
+            "you set. Shorten the warmup or train longer.")
+
+
 def config_notes(config: TrainConfig, vocab_size: int) -> list[str]:
     notes = []
     reason = export_reason(config)
@@ -87,14 +148,6 @@ def config_notes(config: TrainConfig, vocab_size: int) -> list[str]:
                  else reason)
     notes.append(f"About {format_bytes(estimate_step_bytes(config, vocab_size))} of activations per micro-batch.")
     return notes
-
-
-def make_room(keep: Path) -> None:
-    """Apply the runs folder's size cap before a run starts (this user's oldest finished runs go first)."""
-    removed = enforce_cap(runs_cap_bytes(), owner=owner_id(), keep=keep)
-    if removed:
-        st.info(f"The runs folder was over its {format_bytes(runs_cap_bytes())} cap: removed the oldest finished "
-                f"run(s) {', '.join(p.name for p in removed)}.")
 
 
 # ---------------------------------------------------------------- live panel pieces
@@ -194,3 +247,6 @@ def draw_lesson(snap: JobSnapshot) -> None:
             finals[r["run"]] = (r["step"], r["val_loss"])
     if finals:
         st.caption(" · ".join(f"{k}: val loss {v:.3f} at step {s}" for k, (s, v) in finals.items()))
+    key = next((k for k, lesson in LESSONS.items() if snap.title.endswith(lesson.title)), None)
+    if key and (quoted := lesson_figures(key, snap.metrics)):
+        st.markdown(quoted)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 
 import altair as alt
 import numpy as np
@@ -10,9 +10,10 @@ import pandas as pd
 import streamlit as st
 
 from core.inspect import matrix as matrix_view
+from core.inspect import survey
 from core.inspect import weights as core_weights
+from core.inspect.survey import ParameterReport  # noqa: F401 - the type pages and tests name
 from core.models.loading import LoadedModel
-from core.models.params import check_tying, count_parameters, weight_memory
 from core.units import format_bytes
 
 # width = the column, height = the plot area: Streamlit's default "fit" counts title and axes in the height,
@@ -34,14 +35,17 @@ STAT_LABELS = {
 # ---------------------------------------------------------------- cached computations (key = model spec)
 
 
-# cache_resource: one shared, read-only result per model; core also keeps it on disk across restarts.
-@st.cache_resource(show_spinner="Computing the statistics of every weight, layer by layer…", max_entries=4)
-def _stats(model_key: str, _lm: LoadedModel) -> core_weights.WeightStats:
-    return core_weights.weight_stats(_lm.model, model_key)
-
-
 def weight_stats(lm: LoadedModel) -> core_weights.WeightStats:
-    return _stats(lm.spec.key, lm)
+    """The statistics of every weight: one shared pass per model (core.inspect.survey), started in the
+    background when the model was loaded; a page that comes before it ends shows its progress."""
+    job = survey.survey(lm.model, lm.spec.key)
+    if job.wait_weights(timeout=0.05) is None:
+        bar = st.progress(0.0, text="Computing the statistics of every weight, layer by layer…")
+        while job.wait_weights(timeout=0.25) is None:
+            bar.progress(job.progress, text=f"Computing the statistics of every weight: {job.done_params} of "
+                                            f"{job.total_params or '…'} tensors ({time.perf_counter() - job.started:.0f} s)")
+        bar.empty()
+    return job.wait_weights()
 
 
 @st.cache_resource(show_spinner="Computing the singular values…", max_entries=32)
@@ -63,20 +67,9 @@ def pooled(lm: LoadedModel, name: str, mode: str) -> np.ndarray:
     return _pooled(lm.spec.key, name, mode, lm)
 
 
-@dataclass(frozen=True)
-class ParameterReport:
-    counts: dict  # core.models.params.count_parameters
-    tying: dict  # core.models.params.check_tying
-    memory: list[dict]  # core.models.params.weight_memory
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _parameter_report(model_key: str, _lm: LoadedModel) -> ParameterReport:
-    return ParameterReport(count_parameters(_lm.model), check_tying(_lm.model), weight_memory(_lm.model))
-
-
 def parameter_report(lm: LoadedModel) -> ParameterReport:
-    return _parameter_report(lm.spec.key, lm)
+    """Counts, tying and memory per format: the first part of the model's shared survey (milliseconds)."""
+    return survey.survey(lm.model, lm.spec.key).wait_report()
 
 
 def forget_on_model_change(lm: LoadedModel, *keys: str) -> None:

@@ -29,3 +29,17 @@ def keep_choice(key: str, choices: list[Any], default: Any = None) -> None:
             st.session_state[key] = default
         elif key in st.session_state:
             del st.session_state[key]
+
+
+# A chart drawn at a fixed width (an attention matrix with one column per token, a grid of heads) wider than
+# its column overflowed and was cut on a phone (390 px): its element box scrolls sideways instead. The same for a
+# wide formula ("W_QKV ∈ ℝ" lost its dimensions).
+_SCROLL_WIDE = ("<style>[data-testid='stElementContainer']:has([data-testid='stVegaLiteChart']),"
+                "[data-testid='stElementContainer']:has([data-testid='stGraphVizChart']),"
+                "[data-testid='stElementContainer']:has([data-testid='stImage']),"
+                "[data-testid='stElementContainer']:has(.katex-display) {overflow-x: auto;}</style>")
+
+
+def scroll_wide_charts() -> None:
+    """Let fixed-width charts and images scroll inside their own box when the page is narrower than them."""
+    st.html(_SCROLL_WIDE)

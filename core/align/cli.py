@@ -31,7 +31,7 @@ def _reward_args(p: argparse.ArgumentParser) -> None:
 
 @command("reward", "train a reward model (Bradley-Terry) on data/preferences.jsonl; held-out accuracy", _reward_args)
 def cmd_reward(args: argparse.Namespace) -> Any:
-    from core.align.reward import RewardConfig, train_reward_model
+    from core.align.reward import RewardConfig, score_answers, train_reward_model
 
     lm = load_from_args(args)
     cfg = RewardConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, train_layers=args.train_layers,
@@ -40,7 +40,8 @@ def cmd_reward(args: argparse.Namespace) -> Any:
     return {"config": asdict(cfg), "test_accuracy": {"start": r.test_accuracy_before, "end": r.test_accuracy_after},
             "loss": {"start": r.rows[0]["loss"], "end": r.rows[-1]["loss"]}, "seconds_per_step": r.seconds_per_step,
             "test_pairs": r.test_pairs,
-            "scores": [{"prompt": p, "answer": a, "reward": r.model.score(p, a)} for p, a in args.score]}
+            "scores": [{"prompt": p, "answer": a, "reward": score_answers(lm.model, lm.tokenizer, r, p, [a])[0]}
+                       for p, a in args.score]}
 
 
 def _dpo_args(p: argparse.ArgumentParser) -> None:

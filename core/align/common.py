@@ -6,8 +6,11 @@ Every run trains its own deep copy: the shared model other sessions see never ch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,38 @@ def format_prompt(tokenizer: Any, prompt: str) -> str:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
     return f"Question: {prompt}\nAnswer:"
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Dropout off for a measurement, the previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+# torch's default generator is one per process: a seeded run in one job thread and sampling or dropout in
+# another would draw from the same stream. Seeded runs hold this lock from their `manual_seed` until their
+# last random draw, so a seed means the same figures whatever runs beside it.
+SEED_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def seeded(seed: int, job: Job | None = None) -> Iterator[None]:
+    """`torch.manual_seed(seed)` with the process's generators to ourselves until the block ends. A job
+    waiting for another seeded run still answers stop (checked twice a second)."""
+    while not SEED_LOCK.acquire(timeout=0.5):
+        if job is not None:
+            job.report(phase="waiting for another seeded run to finish")
+            job.tick()
+    try:
+        torch.manual_seed(seed)
+        yield
+    finally:
+        SEED_LOCK.release()
 
 
 def private_copy(model: PreTrainedModel, trainable: bool = True) -> PreTrainedModel:

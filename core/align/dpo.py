@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.align.common import (JobCallback, Pair, format_prompt, greedy_answers, preference_pairs, private_copy,
-                               private_tokenizer, sequence_logprobs, trainer_args)
+from core.align.common import (JobCallback, Pair, eval_mode, format_prompt, greedy_answers, preference_pairs,
+                               private_copy, private_tokenizer, seeded, sequence_logprobs, trainer_args)
 from core.jobs import Job, JobError
 
 # TRL's log names -> the short names of our curves
@@ -88,34 +88,46 @@ def to_dataset(tokenizer: Any, pairs: list[Pair]):
 
 @torch.no_grad()
 def pair_margins(policy, ref, tokenizer, pairs: list[Pair], beta: float) -> list[float]:
-    """β-margin per pair, β[(log π - log π_ref)(y_w) - (log π - log π_ref)(y_l)], with our own log-probs."""
+    """β-margin per pair, β[(log π - log π_ref)(y_w) - (log π - log π_ref)(y_l)], with our own log-probs.
+    Measured in eval mode (dropout off, as TRL scores): a policy equal to its reference gives exactly 0."""
     xs = [format_prompt(tokenizer, p.prompt) for p in pairs]
     chosen, rejected = [" " + p.chosen.strip() for p in pairs], [" " + p.rejected.strip() for p in pairs]
-    lp = {(m, side): sequence_logprobs(model, tokenizer, xs, ys) for m, model in (("pi", policy), ("ref", ref))
-          for side, ys in (("w", chosen), ("l", rejected))}
+    with eval_mode(policy), eval_mode(ref):
+        lp = {(m, side): sequence_logprobs(model, tokenizer, xs, ys) for m, model in (("pi", policy), ("ref", ref))
+              for side, ys in (("w", chosen), ("l", rejected))}
     _, r_w, r_l = dpo_loss(lp["pi", "w"], lp["pi", "l"], lp["ref", "w"], lp["ref", "l"], beta)
     return (r_w - r_l).tolist()
 
 
 @torch.no_grad()
 def token_kl(policy, ref, tokenizer, pairs: list[Pair]) -> float:
-    """Mean per-token KL(π ‖ π_ref) over the chosen answers' positions: Σ_v π(v) (log π(v) - log π_ref(v))."""
-    kls = []
-    for p in pairs:
-        ids = tokenizer(format_prompt(tokenizer, p.prompt) + " " + p.chosen.strip(), add_special_tokens=False)["input_ids"]
-        x = torch.tensor([ids], device=next(policy.parameters()).device)
-        lp = F.log_softmax(policy(input_ids=x, use_cache=False).logits[0].float(), -1)
-        lq = F.log_softmax(ref(input_ids=x, use_cache=False).logits[0].float(), -1)
-        kls.append(float((lp.exp() * (lp - lq)).sum(-1).mean()))
-    return sum(kls) / len(kls)
+    """Mean per-token KL(π ‖ π_ref) over the chosen answers' tokens, Σ_v π(v) (log π(v) - log π_ref(v)) at each
+    position that predicts an answer token (the prompt and its chat template are left out), in eval mode."""
+    total, count = 0.0, 0
+    with eval_mode(policy), eval_mode(ref):
+        for p in pairs:
+            prompt = tokenizer(format_prompt(tokenizer, p.prompt), add_special_tokens=False)["input_ids"]
+            answer = tokenizer(" " + p.chosen.strip(), add_special_tokens=False)["input_ids"]
+            x = torch.tensor([prompt + answer], device=next(policy.parameters()).device)
+            span = slice(len(prompt) - 1, len(prompt) + len(answer) - 1)  # logits at t predict token t + 1
+            lp = F.log_softmax(policy(input_ids=x, use_cache=False).logits[0, span].float(), -1)
+            lq = F.log_softmax(ref(input_ids=x, use_cache=False).logits[0, span].float(), -1)
+            kl = (lp.exp() * (lp - lq)).sum(-1)  # [answer tokens]
+            total, count = total + float(kl.sum()), count + kl.numel()
+    return total / max(1, count)
 
 
 def run_dpo(model, tokenizer, cfg: DPOConfigLab, job: Job | None = None) -> DPOResult:
-    """DPO on the shipped training pairs through TRL's DPOTrainer, on private copies of `model`."""
+    """DPO on the shipped training pairs through TRL's DPOTrainer, on private copies of `model`. Seeded:
+    the whole run holds the process's random generators (`seeded`), so a job beside it cannot change it."""
+    validate(cfg)
+    with seeded(cfg.seed, job):
+        return _run_dpo(model, tokenizer, cfg, job)
+
+
+def _run_dpo(model, tokenizer, cfg: DPOConfigLab, job: Job | None) -> DPOResult:
     from trl import DPOConfig, DPOTrainer
 
-    validate(cfg)
-    torch.manual_seed(cfg.seed)
     train, test = preference_pairs("train"), preference_pairs("test")
     policy, ref = private_copy(model), private_copy(model, trainable=False)
     tok = private_tokenizer(tokenizer)

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from core.align.common import (JobCallback, format_prompt, greedy_answers, preference_pairs, private_copy,
-                               private_tokenizer, trainer_args)
+from core.align.common import (JobCallback, eval_mode, format_prompt, greedy_answers, preference_pairs,
+                               private_copy, private_tokenizer, seeded, trainer_args)
 from core.align.rewards import Reward, as_trl, make_reward
 from core.jobs import Job, JobError
 
@@ -42,19 +42,16 @@ def group_advantages(rewards: list[float], eps: float = EPS) -> list[float]:
 def sampled_mean_reward(model, tokenizer, prompts: list[str], reward: Reward, samples: int, max_new_tokens: int,
                         temperature: float, seed: int) -> float:
     """Mean reward of `samples` seeded samples per prompt: the same measurement before and after training."""
-    was_training = model.training
-    model.eval()
-    torch.manual_seed(seed)
     device = next(model.parameters()).device
     values = []
-    for prompt in prompts:
-        ids = torch.tensor([tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]],
-                           device=device)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, top_p=1.0,
-                             temperature=temperature, max_new_tokens=max_new_tokens, num_return_sequences=samples,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        values += [reward(tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True)) for o in out]
-    model.train(was_training)
+    with eval_mode(model), seeded(seed):
+        for prompt in prompts:
+            ids = torch.tensor([tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]],
+                               device=device)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                                 top_p=1.0, temperature=temperature, max_new_tokens=max_new_tokens,
+                                 num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            values += [reward(tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True)) for o in out]
     return statistics.fmean(values)
 
 
@@ -120,12 +117,28 @@ def validate(cfg: GRPOConfigLab) -> Reward:
 
 
 def run_grpo(model, tokenizer, cfg: GRPOConfigLab, job: Job | None = None) -> GRPOResult:
-    """GRPO on the shipped prompts with a programmatic reward, on a private copy of `model`."""
+    """GRPO on the shipped prompts with a programmatic reward, on a private copy of `model`. Seeded: the whole
+    run holds the process's random generators (`seeded`), so a job sampling beside it cannot change it."""
+    reward = validate(cfg)
+    with seeded(cfg.seed, job):
+        return _run_grpo(model, tokenizer, cfg, reward, job)
+
+
+def _run_grpo(model, tokenizer, cfg: GRPOConfigLab, reward: Reward, job: Job | None) -> GRPOResult:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    reward = validate(cfg)
-    torch.manual_seed(cfg.seed)
+    class AdvantageTap(GRPOTrainer):
+        """Reads the advantages TRL trains on from `compute_loss`'s inputs (public API), not its private logs."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # TRL shuffles the batch before the loss: keep each advantage with its completion's text
+            ids = [row[:int(n)] for row, n in zip(inputs["completion_ids"].tolist(), inputs["completion_mask"].sum(-1))]
+            texts = tok.batch_decode(ids, skip_special_tokens=True)
+            tapped.append(dict(zip(texts, (float(a) for a in inputs["advantages"].reshape(-1).tolist()))))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    tapped: list[dict[str, float]] = []
     policy, tok = private_copy(model), private_tokenizer(tokenizer)
     before = greedy_answers(policy, tok, list(cfg.before_after), cfg.answer_tokens)
     held_out = [p.prompt for p in preference_pairs("test")][:4]
@@ -153,8 +166,10 @@ def run_grpo(model, tokenizer, cfg: GRPOConfigLab, job: Job | None = None) -> GR
     def extra(step: int, _model) -> dict[str, float]:
         state["step"] = step
         trainer = state["trainer"]
-        if groups and trainer is not None and not groups[-1].trl_advantages:
-            groups[-1].trl_advantages = [float(a) for a in list(trainer._logs["advantages"])[-cfg.generations:]]
+        if groups and trainer is not None and tapped and not groups[-1].trl_advantages:
+            by_text = tapped[-1]
+            if all(c in by_text for c in groups[-1].completions):
+                groups[-1].trl_advantages = [by_text[c] for c in groups[-1].completions]
             if job is not None:
                 job.report(group=groups[-1])
         return {}
@@ -166,9 +181,9 @@ def run_grpo(model, tokenizer, cfg: GRPOConfigLab, job: Job | None = None) -> GR
         args = GRPOConfig(**trainer_args(out, cfg.steps, cfg.lr, cfg.generations, cfg.seed),
                           num_generations=cfg.generations, max_completion_length=cfg.max_new_tokens,
                           temperature=cfg.temperature, beta=0.0, steps_per_generation=1, num_iterations=1)
-        trainer = GRPOTrainer(model=policy, reward_funcs=as_trl(reward, on_call), args=args,
-                              train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-                              processing_class=tok, callbacks=[callback])
+        trainer = AdvantageTap(model=policy, reward_funcs=as_trl(reward, on_call), args=args,
+                               train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                               processing_class=tok, callbacks=[callback])
         state["trainer"] = trainer
         if job is not None:
             job.report(phase="training")

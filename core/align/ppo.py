@@ -19,6 +19,12 @@ import torch.nn.functional as F
 
 from core.align.common import format_prompt, private_copy
 
+# The update backpropagates through every layer over the whole prompt: activations grow with its length (and
+# eager attention's with its square). A 20,000-character prompt (~4,500 tokens) took ~24 GB on the embedded
+# model; 256 tokens keep one step near a second and a few hundred MB.
+MAX_PROMPT_TOKENS = 256
+WHY_CAP = "one PPO step backpropagates through the model over the whole prompt, and its memory grows with the length"
+
 
 @dataclass(frozen=True)
 class TokenTerm:
@@ -86,6 +92,11 @@ def ppo_example(model, tokenizer, prompt: str, reward_fn: Callable[[str], float]
         raise ValueError("The learning rate must be in (0, 1].")
     if not 1 <= max_new_tokens <= 64:
         raise ValueError("The completion must be 1 to 64 tokens long.")
+    n_prompt = len(tokenizer(prompt[:100_000], add_special_tokens=False)["input_ids"])
+    if n_prompt > MAX_PROMPT_TOKENS:  # the slice: a megabyte prompt is refused without tokenizing all of it
+        more = "+" if len(prompt) > 100_000 else ""
+        raise ValueError(f"The prompt has {n_prompt:,}{more} tokens; a PPO step takes at most {MAX_PROMPT_TOKENS}: "
+                         f"{WHY_CAP}.")
     device = next(model.parameters()).device
     prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
     x = torch.tensor([prompt_ids], device=device)

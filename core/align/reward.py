@@ -38,10 +38,16 @@ def decoder_blocks(backbone: nn.Module, n_layers: int) -> nn.ModuleList:
 class RewardModel(nn.Module):
     """A private copy of the causal LM's backbone (no LM head) + a linear head: text -> one number."""
 
-    def __init__(self, causal_lm: nn.Module, tokenizer: Any, train_layers: int = 0, seed: int = 0):
+    def __init__(self, causal_lm: nn.Module, tokenizer: Any, train_layers: int = 0, seed: int = 0,
+                 share_backbone: bool = False):
         super().__init__()
         config = causal_lm.config
-        self.backbone = copy.deepcopy(causal_lm.base_model).float()
+        if share_backbone:  # scoring only, frozen fp32 backbone: read the loaded model, copy nothing
+            if train_layers or next(causal_lm.parameters()).dtype != torch.float32:
+                raise ValueError("only a frozen fp32 backbone can be shared")
+            object.__setattr__(self, "backbone", causal_lm.base_model)  # not a submodule: never trained or moved
+        else:
+            self.backbone = copy.deepcopy(causal_lm.base_model).float()
         self.tokenizer = private_tokenizer(tokenizer)
         generator = torch.Generator().manual_seed(seed)
         self.head = nn.Linear(config.hidden_size, 1)
@@ -49,11 +55,12 @@ class RewardModel(nn.Module):
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * 0.01)
             self.head.bias.zero_()
         self.head.to(next(self.backbone.parameters()).device)
-        self.backbone.requires_grad_(False)
         blocks = decoder_blocks(self.backbone, config.num_hidden_layers)
         self.train_layers = max(0, min(int(train_layers), len(blocks)))
-        for block in list(blocks)[len(blocks) - self.train_layers:]:
-            block.requires_grad_(True)
+        if not share_backbone:
+            self.backbone.requires_grad_(False)
+            for block in list(blocks)[len(blocks) - self.train_layers:]:
+                block.requires_grad_(True)
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +114,10 @@ class RewardConfig:
 
 @dataclass
 class RewardResult:
-    model: RewardModel
+    """Figures and the trained tensors (the head, and the top blocks when they trained), not a model: a
+    finished job keeps no copy of the backbone. `score_answers` rebuilds the scorer on demand."""
+    trained_state: dict[str, torch.Tensor]
+    train_layers: int
     rows: list[dict[str, float]]
     test_accuracy_before: float
     test_accuracy_after: float
@@ -164,5 +174,25 @@ def train_reward_model(causal_lm: nn.Module, tokenizer: Any, cfg: RewardConfig, 
     rc, rr = rm.pair_rewards(test)
     table = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "r_chosen": c, "r_rejected": r}
              for p, c, r in zip(test, rc, rr)]
-    return RewardResult(model=rm, rows=rows, test_accuracy_before=acc0, test_accuracy_after=rows[-1]["test_accuracy"],
-                        seconds_per_step=seconds / cfg.steps, test_pairs=table)
+    trained = {n: p.detach().cpu().clone() for n, p in rm.named_parameters() if p.requires_grad}
+    return RewardResult(trained_state=trained, train_layers=rm.train_layers, rows=rows, test_accuracy_before=acc0,
+                        test_accuracy_after=rows[-1]["test_accuracy"], seconds_per_step=seconds / cfg.steps,
+                        test_pairs=table)
+
+
+def score_answers(causal_lm: nn.Module, tokenizer: Any, result: RewardResult, prompt: str,
+                  answers: list[str]) -> list[float]:
+    """r(prompt, answer) for each answer with the trained reward model, rebuilt from the loaded model and the
+    result's trained tensors (no copy at all when only the head trained on an fp32 model)."""
+    share = result.train_layers == 0 and next(causal_lm.parameters()).dtype == torch.float32
+    rm = RewardModel(causal_lm, tokenizer, result.train_layers, share_backbone=share)
+    missing = set(result.trained_state) - {n for n, _ in rm.named_parameters()}
+    if missing:
+        raise JobError("This reward model was trained on another model; load that model to score with it.")
+    with torch.no_grad():
+        params = dict(rm.named_parameters())
+        for name, tensor in result.trained_state.items():
+            params[name].copy_(tensor)
+    rm.eval()
+    with torch.no_grad():
+        return rm([prompt] * len(answers), answers).tolist()

@@ -29,6 +29,10 @@ from core.models.loading import LoadedModel
 TOP = 20
 MAX_NEW_TOKENS = 256
 MAX_ROWS = 48
+# The page's cap on the prompt: its KV cache is copied to every row (up to 48), so a 4,445-token prompt meant
+# ~10 GB of cache on the embedded model and minutes of work. The CLI takes up to the model's context.
+MAX_PAGE_PROMPT_TOKENS = 512
+WHY_PROMPT_CAP = "its KV cache is copied to every row of the batch"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-tokens", type=float, default=0, help="also plan training on this many tokens (6ND)")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the training time")
     p.add_argument("--lora-rank", type=int, default=0, help="also the LoRA training memory at this rank (q,k,v,o)")
+    p.add_argument("--train-gpus", type=int, default=0,
+                   help="GPUs for the training time (default: as many as the training memory needs)")
     p.add_argument("--model", default="embedded", help="without --config/--reference/--hub: this model's config")
 
 
@@ -53,14 +55,25 @@ def cmd_plan(args: argparse.Namespace) -> Any:
     else:
         config, name = hub_config(args.model), args.model
     result = planner.plan(config, gpu, args.weights, args.seq, args.batch, name=name).as_dict()
-    result["train_full"] = vars(planner.training_memory(result["parameters"]))
+    # Training is sized by its own memory (weights, gradients, Adam, activations of --seq x --batch),
+    # not by the serving plan's GPU count.
+    full = planner.training_memory(result["parameters"], config=config, seq=args.seq, batch=args.batch)
+    result["train_full"] = vars(full)
     if args.lora_rank:
         lora = planner.lora_parameters(config, args.lora_rank)
-        result["train_lora"] = vars(planner.training_memory(result["parameters"], lora, args.weights))
+        result["train_lora"] = vars(planner.training_memory(result["parameters"], lora, args.weights, config=config,
+                                                            seq=args.seq, batch=args.batch))
     if args.train_tokens:
+        if args.train_gpus < 0:
+            raise ValueError(f"--train-gpus must be at least 1, got {args.train_gpus}")
+        gpus = args.train_gpus or planner.training_gpus(full, gpu)
+        result["train_gpus"] = gpus
+        result["train_gpus_rule"] = ("given with --train-gpus" if args.train_gpus else
+                                     f"full training memory {full.total_bytes:,} bytes / {result['gpu_memory_bytes']:,} "
+                                     f"bytes per {gpu.name} ({result['gpu_memory_source']}), rounded up")
         result["train_flops"] = planner.training_flops(result["parameters"], args.train_tokens)
         result["train_seconds"] = planner.training_seconds(result["parameters"], args.train_tokens, gpu, args.mfu,
-                                                           result["gpus_needed"])
+                                                           gpus)
     return result
 
 

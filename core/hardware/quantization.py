@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from core.runs import atomic_folder
 from core.models.loading import (
     EMBEDDED,
     EMBEDDED_HUB_ID,
@@ -70,6 +69,32 @@ class VariantResult:
         return asdict(self)
 
 
+def variant_labels(lm: LoadedModel) -> dict[str, str]:
+    """Row labels for `lm`. The embedded model has no fp32 original here: its "fp32" is the GGUF's Q4_1 / Q8_0
+    weights dequantized, so the reference already carries Q4_1's rounding and every row is a copy of it."""
+    if lm.spec.source != EMBEDDED:
+        return dict(VARIANTS)
+    return {v: ("fp32 = dequantized Q4_1 GGUF (reference)" if v == "fp32" else f"{label} of the dequantized GGUF")
+            for v, label in VARIANTS.items()}
+
+
+def failure_reason(exc: BaseException, device: str) -> str:
+    """What went wrong, as the library said it, with a cause only where the message shows one."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    low = text.lower()
+    if "shape" in low or "mat1 and mat2" in low or "size mismatch" in low:
+        cause = "a matrix shape this kernel does not take"
+    elif isinstance(exc, NotImplementedError) or "not implemented" in low or "not supported" in low:
+        cause = f"not implemented on {device} by this bitsandbytes build"
+    elif isinstance(exc, (ImportError, ModuleNotFoundError)):
+        cause = "a package is missing"
+    elif "out of memory" in low:
+        cause = f"out of memory on {device}"
+    else:
+        cause = ""
+    return f"{type(exc).__name__}: {text or '(no message)'}" + (f" ({cause})" if cause else "")
+
+
 def held_out_text() -> str:
     from core.data import tiny_shakespeare
 
@@ -87,15 +112,10 @@ def weights_folder(lm: LoadedModel) -> str:
     if source in TINY_SOURCES:
         folder = cache_root() / "quantization-lab" / source
         if not (folder / "model.safetensors").is_file():
-            tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-            lm.model.save_pretrained(tmp)
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            if folder.exists() and not (folder / "model.safetensors").is_file():
-                shutil.rmtree(folder, ignore_errors=True)  # a half-written leftover of a killed run
-            try:
-                tmp.rename(folder)
-            except OSError:  # another process saved the same model first; its copy is as good
-                shutil.rmtree(tmp, ignore_errors=True)
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)  # a half-written leftover of an older version
+            with atomic_folder(folder, replace=False) as tmp:  # another process may save it first: as good
+                lm.model.save_pretrained(tmp)
         return str(folder)
     return source  # a local folder or a Hub id
 
@@ -172,6 +192,7 @@ def run_lab(lm: LoadedModel, variants: list[str], job: Any = None, device: str |
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
     results: list[VariantResult] = []
     ref_logp = None
+    labels = variant_labels(lm)
     for i, variant in enumerate(order):
         _tick(job)
         say(f"loading {VARIANTS[variant]}")
@@ -181,7 +202,7 @@ def run_lab(lm: LoadedModel, variants: list[str], job: Any = None, device: str |
         except Exception as exc:  # noqa: BLE001 - one variant failing must not end the lab
             if variant == "fp32":
                 raise
-            results.append(_failed(variant, device, exc))
+            results.append(_failed(variant, labels[variant], device, exc))
             _report_result(job, i, results[-1])
             continue
         try:
@@ -196,7 +217,8 @@ def run_lab(lm: LoadedModel, variants: list[str], job: Any = None, device: str |
             except (AssertionError, RuntimeError, NotImplementedError) as exc:
                 if variant == "fp32":
                     raise
-                result = _failed(variant, device, exc, memory=int(model.get_memory_footprint()), seconds=seconds)
+                result = _failed(variant, labels[variant], device, exc, memory=int(model.get_memory_footprint()),
+                                 seconds=seconds)
             else:
                 if ref_logp is None:
                     ref_logp = logq
@@ -204,7 +226,7 @@ def run_lab(lm: LoadedModel, variants: list[str], job: Any = None, device: str |
                 _report(job, i, phase=f"generating {GEN_TOKENS} tokens with {VARIANTS[variant]}")
                 speed, new = decode_speed(model, prompt, GEN_TOKENS, pad)
                 result = VariantResult(
-                    variant=variant, label=VARIANTS[variant], memory_bytes=int(model.get_memory_footprint()),
+                    variant=variant, label=labels[variant], memory_bytes=int(model.get_memory_footprint()),
                     load_seconds=seconds, tokens_per_s=speed, perplexity=ppl, mean_kl=float(kl.mean()),
                     max_kl=float(kl.max()), top1_agreement=top1, scored_tokens=len(ids),
                     generated=lm.decode(new), device=device)
@@ -216,14 +238,12 @@ def run_lab(lm: LoadedModel, variants: list[str], job: Any = None, device: str |
     return results
 
 
-def _failed(variant: str, device: str, exc: BaseException, memory: int = 0, seconds: float = math.nan) -> VariantResult:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def _failed(variant: str, label: str, device: str, exc: BaseException, memory: int = 0,
+            seconds: float = math.nan) -> VariantResult:
     nan = math.nan
-    return VariantResult(variant=variant, label=VARIANTS[variant], memory_bytes=memory, load_seconds=seconds,
+    return VariantResult(variant=variant, label=label, memory_bytes=memory, load_seconds=seconds,
                          tokens_per_s=nan, perplexity=nan, mean_kl=nan, max_kl=nan, top1_agreement=nan,
-                         scored_tokens=0, generated="", device=device,
-                         error=f"{type(exc).__name__}: {reason} (bitsandbytes on {device} cannot run this "
-                               "variant on this model's matrix shapes)")
+                         scored_tokens=0, generated="", device=device, error=failure_reason(exc, device))
 
 
 def _report_result(job: Any, i: int, result: VariantResult) -> None:

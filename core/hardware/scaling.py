@@ -125,7 +125,7 @@ def training_runs(root: Path | None = None) -> list[dict]:
     Parameters come from the exported model's config (counted on the meta device) or run.json/config.json
     fields; tokens = step x batch_size x block_size (x gradient accumulation). A run missing any of these
     is skipped: the chart only shows what was measured."""
-    from core.train.runs import runs_root
+    from core.runs import runs_root
 
     root = root or runs_root()
     if not root.is_dir():

@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from core.dtypes import BYTES_PER_ELEMENT as _BYTES_PER_ELEMENT
 from core.units import format_bytes  # noqa: F401  (re-exported: pages format the byte fields with it)
 
 
@@ -83,7 +84,8 @@ def config_dims(config: PretrainedConfig) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- KV cache
 
-BYTES_PER_ELEMENT = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "float8": 1.0, "int8": 1.0, "int4": 0.5}
+# One home for dtypes and cache bytes: core/dtypes.py and core/models/memory.py (re-exported for the pages).
+BYTES_PER_ELEMENT = _BYTES_PER_ELEMENT
 
 
 def decoder_layers(config: PretrainedConfig) -> int | None:
@@ -95,44 +97,34 @@ def decoder_layers(config: PretrainedConfig) -> int | None:
 
 
 def kv_cache_per_token(config: PretrainedConfig, dtype: str = "bfloat16") -> dict[str, Any]:
-    """Bytes of K and V one more token adds to the cache during generation:
-    2 (K and V) × layers × kv_heads × head_dim × bytes per element. `bytes` is None for encoder-only models."""
-    if dtype not in BYTES_PER_ELEMENT:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(BYTES_PER_ELEMENT)}")
-    family = detect_family(config)
-    dims = config_dims(config)
-    per = BYTES_PER_ELEMENT[dtype]
-    layers, kv, hd = decoder_layers(config), dims["kv_heads"], dims["head_dim"]
-    result: dict[str, Any] = {"dtype": dtype, "bytes_per_element": per, "layers": layers, "kv_heads": kv,
-                              "head_dim": hd, "bytes": None, "formula": "", "note": ""}
-    if family.kind == "encoder-only":
-        result["note"] = "encoder-only: it reads the whole input at once and never generates, so it keeps no KV cache"
-        return result
-    if not (layers and kv and hd):
-        result["note"] = "the config does not give layers, KV heads and head size"
-        return result
-    total = 2 * layers * kv * hd * per
-    result["bytes"] = int(total) if float(total).is_integer() else total
-    result["formula"] = (f"2 (K and V) × {layers} layers × {kv} KV heads × {hd} head_dim × "
-                         f"{per:g} bytes ({dtype}) = {total:,.0f} bytes")
-    notes = []
-    if family.kind == "encoder-decoder":
-        notes.append("decoder self-attention only; cross-attention also caches K and V of every encoder token once")
-    window = cache_window(config)
-    if window:
-        notes.append(f"with a sliding window of {window:,} tokens the cache stops growing at {window:,} tokens")
-    if getattr(config, "kv_lora_rank", None):
-        notes.append("this model compresses K and V (multi-head latent attention): the real cache is smaller")
-    result["note"] = "; ".join(notes)
+    """Bytes of K and V one more token adds to the cache during generation (below any sliding window):
+    2 (K and V) × layers × kv_heads × head_dim × bytes per element. `bytes` is None for encoder-only models
+    and configs without the dimensions. A dict view of `core.models.memory.kv_cache_bytes` for one token."""
+    from core.models.memory import kv_cache_bytes
+
+    kv = kv_cache_bytes(config, 1, 1, dtype)
+    per = kv.per_token_bytes or None
+    result: dict[str, Any] = {"dtype": kv.dtype, "bytes_per_element": kv.bytes_per_element, "layers": kv.layers,
+                              "kv_heads": kv.kv_heads, "head_dim": kv.head_dim,
+                              "bytes": (int(per) if float(per).is_integer() else per) if per else None,
+                              "formula": "", "note": kv.note, "rule": kv.rule}
+    if per:
+        caching = sum(1 for t in kv.layer_tokens if t)
+        result["formula"] = (f"2 (K and V) × {caching} layers × {kv.kv_heads} KV heads × {kv.head_dim} head_dim × "
+                             f"{kv.bytes_per_element:g} bytes ({kv.dtype}) = {per:,.0f} bytes")
+        if kv.window:
+            result["note"] = "; ".join(x for x in (kv.note, f"with a sliding window of {kv.window:,} tokens the "
+                                                   f"cache stops growing at {kv.window - 1:,} tokens on "
+                                                   f"{kv.window_layers} of {kv.layers} layers") if x)
     return result
 
 
 def cache_window(config: PretrainedConfig) -> int | None:
     """Tokens after which a sliding-window model's cache stops growing (None: it grows with the context)."""
-    window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) is not False:
-        return int(window)
-    return None
+    from core.models.memory import kv_cache_bytes
+
+    kv = kv_cache_bytes(config, 1, 1)
+    return kv.window if kv.window_layers and not kv.full_layers else None
 
 
 # ---------------------------------------------------------------- configs typed or pasted by a user
@@ -218,6 +210,8 @@ def architecture_summary(diagram: Any, config: PretrainedConfig, kv_dtype: str =
     strings or booleans; `format_value` writes them for a table). Parameters come from the diagram,
     whose boxes hold every parameter once (tied weights counted once)."""
     dims, f = diagram.dims, diagram.features
+    from core.models.memory import kv_cache_bytes
+
     kv = kv_cache_per_token(config, kv_dtype)
     weights_dtype = weights_dtype or kv_dtype
     embed = sum(b.params for b in diagram.blocks if b.kind in ("embedding", "positions", "segments"))
@@ -262,7 +256,7 @@ def architecture_summary(diagram: Any, config: PretrainedConfig, kv_dtype: str =
         "Non-embedding parameters": total - embed,
         f"Weights in {weights_dtype}": int(total * BYTES_PER_ELEMENT.get(weights_dtype, 4.0)),
         f"KV cache per token ({kv_dtype})": kv["bytes"],
-        f"KV cache at full context ({kv_dtype})": (kv["bytes"] * min(context, cache_window(config) or context)
+        f"KV cache at full context ({kv_dtype})": (kv_cache_bytes(config, context, 1, kv_dtype).bytes
                                                    if kv["bytes"] and context else None),
     }
 

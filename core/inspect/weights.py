@@ -1,11 +1,13 @@
 """Statistics of every weight of a model, aggregated per matrix and per layer, in bounded memory.
 
 One pass over each parameter in flat chunks of `CHUNK` elements (a 233M-element bf16 embedding is never
-copied to float32 whole). Per parameter: count, mean, std (population, ddof=0), min, max, max|w|,
-Frobenius (= L2) norm, excess kurtosis (Fisher: a normal distribution gives 0), and the share of
-near-zero weights (|w| < `threshold`). Per *kind* (the parameter's path inside its layer, e.g.
-`self_attn.q_proj.weight` or `attn.c_attn.weight`) a histogram with bins shared by every layer
-(spanning the bulk, mean ± 6 std; the edge bins also count the tails).
+copied to float32 whole). A bf16 / fp16 parameter is read in its stored dtype: a bincount of its 16-bit
+patterns gives every distinct value with its count, and from those every statistic is exact (float64).
+A float32 one is read in float32 chunks (moments summed in float64 around a shift). Per parameter:
+count, mean, std (population, ddof=0), min, max, max|w|, Frobenius (= L2) norm, excess kurtosis (Fisher:
+a normal distribution gives 0), and the share of near-zero weights (|w| < `threshold`). Per *kind* (the
+parameter's path inside its layer, e.g. `self_attn.q_proj.weight` or `attn.c_attn.weight`) a histogram
+with bins shared by every layer (spanning the bulk, mean ± 6 std; the edge bins also count the tails).
 
 The result is compact: arrays [layers, kinds] and one row per parameter (a few hundred rows), never one
 row per weight. It is cached on disk under `cache_root() / "weight_stats"`, keyed by the model spec and
@@ -15,29 +17,29 @@ a fingerprint of the weights.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
-import os
 import re
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from core.models.dequantize import float_values, quantization_of
+from core.models.dequantize import float_values, int8_scale, quantization_of
 from core.models.params import layer_of
+from core.runs import atomic_write
 
 CHUNK = 1 << 20  # elements per step: 4 MB of float32, small enough to stay in cache
 BINS = 80
 NEAR_ZERO = 1e-3
 TAIL_SIGMAS = 6.0  # histogram bins span mean ± 6 std; the first and last bins also hold the tails
-ENGINE_VERSION = 3  # bump when the statistics change, so old disk caches are ignored
+ENGINE_VERSION = 4  # bump when the statistics change, so old disk caches are ignored
 STATS = ("count", "mean", "std", "min", "max", "max_abs", "frobenius", "kurtosis", "near_zero_share")
 
 _LAYER_PREFIX = re.compile(r"^(?:.*?\.)?(?:layers|h|layer|block)\.\d+\.")  # as core.models.params.layer_of
@@ -134,35 +136,36 @@ def _usable(p: torch.Tensor) -> bool:
 class _Values:
     """A parameter's float values on demand; dtype 'nf4 (dequantized)' for a bitsandbytes weight."""
 
-    def __init__(self, p: torch.Tensor) -> None:
-        self.p, self.quant = p, quantization_of(p)
+    def __init__(self, p: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        self.p, self.scale, self.quant = p, scale, quantization_of(p, scale)
         self.usable = _usable(p) if self.quant is None else p.device.type != "meta"
         self.dtype = f"{self.quant} (dequantized)" if self.quant else str(p.dtype).replace("torch.", "")
 
     def values(self) -> torch.Tensor:
-        return float_values(self.p) if self.quant else self.p
+        return float_values(self.p, self.scale) if self.quant else self.p
 
 
 def matrix(model: nn.Module, name: str) -> torch.Tensor:
     """One parameter's values by name, dequantized to float32 when the model is 4-bit or 8-bit."""
-    values = float_values(model.get_parameter(name))
+    values = float_values(model.get_parameter(name), int8_scale(model, name))
     if values is None:
         raise ValueError(f"`{name}` holds no values on this machine (meta device)")
     return values
 
 
-def _range(p: torch.Tensor) -> tuple[float, float]:
-    lo, hi = math.inf, -math.inf
-    for x in _chunks(p):
-        a, b = torch.aminmax(x)
-        lo, hi = min(lo, float(a)), max(hi, float(b))
-    return lo, hi
+SAMPLE = 1 << 16  # weights per parameter that place a float32 parameter's histogram bins
+CODE_DTYPES = (torch.bfloat16, torch.float16)  # 65,536 possible values: counting bit patterns is exact
 
 
-def _sample_moments(p: torch.Tensor, size: int = 1 << 16) -> tuple[float, float]:
-    """Mean and std of an evenly strided sample of about `size` weights: only to place histogram bins."""
+def _sample(p: torch.Tensor, size: int = SAMPLE) -> torch.Tensor:
+    """An evenly strided sample of about `size` weights, in float64 (the whole tensor when smaller)."""
     flat = p.detach().reshape(-1)
-    sample = flat[:: max(1, flat.numel() // size)].float()
+    return flat[:: max(1, flat.numel() // size)].double()
+
+
+def _sample_moments(p: torch.Tensor, size: int = SAMPLE) -> tuple[float, float]:
+    """Mean and std of an evenly strided sample of about `size` weights: only to place histogram bins."""
+    sample = _sample(p, size)
     return float(sample.mean()), float(sample.std(unbiased=False))
 
 
@@ -181,23 +184,66 @@ def hist_range(lo: float, hi: float, means: list[float], stds: list[float],
     return a, b
 
 
-def tensor_stats(p: torch.Tensor, edges: tuple[float, float, int] | None = None, threshold: float = NEAR_ZERO,
-                 value_range: tuple[float, float] | None = None) -> tuple[dict[str, float], np.ndarray | None]:
-    """Statistics of one tensor (any shape, any float dtype) and its histogram over `edges`
-    = (lo, hi, bins), computed in float32 chunks of CHUNK elements. `value_range` = (min, max) when
-    already known (saves a pass).
+# ---- 16-bit weights: one bincount of the bit patterns per chunk, everything else exact from the counts
 
-    Moments are summed around a shift close to the mean (the first chunk's mean) so that tensors far
-    from zero with a tiny spread (norm weights) keep their precision; chunk sums add up in float64.
-    """
+
+def value_counts(p: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(values float64 [k], counts int64 [k]) of the distinct values of a bf16 / fp16 tensor, in one
+    pass: a bincount of the raw 16-bit patterns per chunk (bit pattern -> value is exact). Non-finite
+    patterns are dropped (a trained weight has none)."""
+    counts = torch.zeros(1 << 16, dtype=torch.int64, device=p.device)
+    for chunk in _chunks(p):
+        # uint16 -> int32 is one op on the CPU; CUDA lacks uint16 casts, so mask the sign-extended int16.
+        bits = (chunk.view(torch.uint16).to(torch.int32) if p.device.type == "cpu"
+                else chunk.view(torch.int16).to(torch.int32) & 0xFFFF)
+        counts += torch.bincount(bits, minlength=1 << 16)
+    counts = counts.cpu()
+    present = torch.nonzero(counts).squeeze(1)
+    values = present.to(torch.int32).to(torch.uint16).view(p.dtype).double()
+    keep = torch.isfinite(values)
+    return values[keep].numpy(), counts[present][keep].numpy()
+
+
+def _stats_of_counts(values: np.ndarray, counts: np.ndarray, threshold: float) -> dict[str, float]:
+    """The statistics of a multiset given as distinct values and their counts, in float64."""
+    n = int(counts.sum())
+    w = counts.astype(np.float64)
+    mean = float(w @ values) / n
+    d = values - mean
+    d2 = d * d
+    m2, m4 = float(w @ d2) / n, float(w @ (d2 * d2)) / n
+    lo, hi = float(values.min()), float(values.max())
+    return {"count": n, "mean": mean, "std": math.sqrt(m2), "min": lo, "max": hi,
+            "max_abs": max(abs(lo), abs(hi)), "frobenius": math.sqrt(float(w @ (values * values))),
+            "kurtosis": m4 / (m2 * m2) - 3.0 if m2 > 0 else math.nan,
+            "near_zero_share": int(counts[np.abs(values) < threshold].sum()) / n}
+
+
+def _rebin(values: np.ndarray, counts: np.ndarray, edges: tuple[float, float, int]) -> np.ndarray:
+    """Counts per bin of [lo, hi] in `bins` equal bins (the edge bins also hold the tails), as histc bins."""
+    lo, hi, bins = edges
+    idx = np.floor((np.clip(values, lo, hi) - lo) * (bins / (hi - lo))).astype(np.int64)
+    return np.bincount(np.clip(idx, 0, bins - 1), weights=counts, minlength=bins).round().astype(np.int64)
+
+
+# ---- other float weights (float32, dequantized 4-/8-bit): one pass of float32 chunks
+
+
+def _float_pass(p: torch.Tensor, edges: tuple[float, float, int] | None,
+                threshold: float) -> tuple[dict[str, float], np.ndarray | None]:
+    """Moments summed around a shift close to the mean (the first chunk's mean), so that tensors far from
+    zero with a tiny spread (norm weights) keep their precision; chunk sums add up in float64. The
+    histogram bins by index (as torch.histc) with one bincount per chunk."""
     n = p.numel()
     shift = float(next(_chunks(p)).float().mean())
     s1 = s2 = s3 = s4 = 0.0
     near = 0
-    lo, hi = value_range if value_range is not None else _range(p)
-    hist = torch.zeros(edges[2], dtype=torch.float64) if edges else None
+    lo, hi = math.inf, -math.inf
+    hist = torch.zeros(edges[2], dtype=torch.int64) if edges else None
     for chunk in _chunks(p):
         x = chunk.float()
+        a, b = torch.aminmax(x)
+        lo, hi = min(lo, float(a)), max(hi, float(b))
         d = x - shift
         d2 = d * d
         s1 += float(d.sum())
@@ -206,54 +252,71 @@ def tensor_stats(p: torch.Tensor, edges: tuple[float, float, int] | None = None,
         s4 += float(torch.dot(d2, d2))
         near += int(torch.count_nonzero(x.abs() < threshold))
         if hist is not None:
-            # Clamped, so the edge bins also count the tails and the counts add up to the number of weights.
-            inside = x.clamp(edges[0], edges[1])
-            hist += torch.histc(inside, bins=edges[2], min=edges[0], max=edges[1]).to(torch.float64).cpu()
+            e0, e1, bins = edges
+            idx = ((x.clamp(e0, e1) - e0) * (bins / (e1 - e0))).to(torch.int32).clamp_(0, bins - 1)
+            hist += torch.bincount(idx, minlength=bins).cpu()
     mu = s1 / n  # mean of d; central moments from the raw moments of d
     e2, e3, e4 = s2 / n, s3 / n, s4 / n
     m2 = max(e2 - mu * mu, 0.0)
     m4 = e4 - 4 * mu * e3 + 6 * mu * mu * e2 - 3 * mu ** 4
     sum_sq = s2 + 2 * shift * s1 + n * shift * shift  # sum of w^2 = sum of (d + shift)^2
-    stats = {
-        "count": n,
-        "mean": shift + mu,
-        "std": math.sqrt(m2),
-        "min": lo,
-        "max": hi,
-        "max_abs": max(abs(lo), abs(hi)),
-        "frobenius": math.sqrt(max(sum_sq, 0.0)),
-        "kurtosis": m4 / (m2 * m2) - 3.0 if m2 > 0 and m2 * m2 > 0 else math.nan,
-        "near_zero_share": near / n,
-    }
-    return stats, (hist.round().to(torch.int64).numpy() if hist is not None else None)
+    stats = {"count": n, "mean": shift + mu, "std": math.sqrt(m2), "min": lo, "max": hi,
+             "max_abs": max(abs(lo), abs(hi)), "frobenius": math.sqrt(max(sum_sq, 0.0)),
+             "kurtosis": m4 / (m2 * m2) - 3.0 if m2 > 0 and m2 * m2 > 0 else math.nan,
+             "near_zero_share": near / n}
+    return stats, (hist.numpy() if hist is not None else None)
+
+
+def tensor_stats(p: torch.Tensor, edges: tuple[float, float, int] | None = None, threshold: float = NEAR_ZERO,
+                 value_range: tuple[float, float] | None = None) -> tuple[dict[str, float], np.ndarray | None]:
+    """Statistics of one tensor (any shape, any float dtype) and its histogram over `edges`
+    = (lo, hi, bins), in one pass of CHUNK elements. A bf16 / fp16 tensor is counted by bit pattern
+    (`value_counts`: exact, in its stored dtype); any other is read in float32 chunks (`_float_pass`).
+    `value_range` is accepted for older callers and unused (min and max come from the same pass)."""
+    if p.dtype in CODE_DTYPES:
+        values, counts = value_counts(p)
+        return _stats_of_counts(values, counts, threshold), (_rebin(values, counts, edges) if edges else None)
+    return _float_pass(p, edges, threshold)
 
 
 # ---------------------------------------------------------------- the whole model
 
 
 @torch.no_grad()
-def compute_weight_stats(model: nn.Module, bins: int = BINS, threshold: float = NEAR_ZERO) -> WeightStats:
-    """Two passes: a cheap min/max and sampled spread per parameter (to fix the histogram bins shared
-    by all layers of a kind), then `tensor_stats` on each parameter, layer by layer. Tied parameters
-    are visited once."""
+def compute_weight_stats(model: nn.Module, bins: int = BINS, threshold: float = NEAR_ZERO,
+                         progress: Callable[[int, int], None] | None = None) -> WeightStats:
+    """One pass over each parameter (tied parameters once). The histogram bins are shared by all layers
+    of a kind, so they are fixed before the histograms are counted: a 16-bit parameter is counted by
+    value in its pass (exact statistics; the histogram is a re-binning of those counts, no second pass);
+    a float32 one places its bins from a strided sample and then makes its one pass.
+    `progress(done, total)` is called after each parameter."""
     with one_thread():
-        return _compute(model, bins, threshold)
+        return _compute(model, bins, threshold, progress or (lambda done, total: None))
 
 
-def _compute(model: nn.Module, bins: int, threshold: float) -> WeightStats:
+def _compute(model: nn.Module, bins: int, threshold: float, progress: Callable[[int, int], None]) -> WeightStats:
     start = time.perf_counter()
-    # A quantized weight is dequantized to float32 (twice: for the bins, then the statistics; one at a time).
-    params = [(name, _Values(p)) for name, p in model.named_parameters()]
+    # int8_scale: an 8-bit layer that has run keeps its scales on the module, not the weight (issue 20)
+    params = [(name, _Values(p, int8_scale(model, name))) for name, p in model.named_parameters()]
     skipped = [name for name, p in params if not p.usable]
     params = [(name, p) for name, p in params if p.usable]
-    ranges, scans = {}, {}  # kind -> (min, max, [means], [stds]) over its layers
+    counted: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # 16-bit parameter -> its distinct values, counts
+    exact: dict[str, dict[str, float]] = {}
+    scans: dict[str, list] = {}  # kind -> [min, max, [means], [stds]] over its layers: the bins
     for name, p in params:
-        lo, hi = ranges[name] = _range(p.values())
-        mean, std = _sample_moments(p.values())
-        old = scans.setdefault(kind_of(name), [math.inf, -math.inf, [], []])
-        old[0], old[1] = min(old[0], lo), max(old[1], hi)
-        old[2].append(mean)
-        old[3].append(std)
+        w = p.values()
+        if w.dtype in CODE_DTYPES:
+            counted[name] = value_counts(w)
+            s = exact[name] = _stats_of_counts(*counted[name], threshold)
+            lo, hi, mean, std = s["min"], s["max"], s["mean"], s["std"]
+            progress(len(counted), len(params))
+        else:
+            sample = _sample(w)
+            lo, hi, mean, std = float(sample.min()), float(sample.max()), float(sample.mean()), float(sample.std(unbiased=False))
+        scan = scans.setdefault(kind_of(name), [math.inf, -math.inf, [], []])
+        scan[0], scan[1] = min(scan[0], lo), max(scan[1], hi)
+        scan[2].append(mean)
+        scan[3].append(std)
     hist_edges = {k: np.linspace(*hist_range(*scan), bins + 1) for k, scan in scans.items()}
 
     layers = sorted({layer_of(name) for name, _ in params} - {None})
@@ -263,13 +326,21 @@ def _compute(model: nn.Module, bins: int, threshold: float) -> WeightStats:
     table = {s: np.full((len(layers), len(kinds)), np.nan) for s in STATS}
     hist_counts = {k: np.zeros((len(layers) if k in kind_pos else 1, bins), dtype=np.int64) for k in hist_edges}
     rows = []
+    done = len(counted)
     for name, p in params:
         k, layer = kind_of(name), layer_of(name)
-        lo, hi = hist_edges[k][0], hist_edges[k][-1]
-        w = p.values()
-        stats, hist = tensor_stats(w, (float(lo), float(hi), bins), threshold, ranges[name])
+        edges = (float(hist_edges[k][0]), float(hist_edges[k][-1]), bins)
+        if name in counted:
+            stats, hist = exact[name], _rebin(*counted.pop(name), edges)
+            shape = list(p.p.shape)
+        else:  # a quantized weight is dequantized a second time here (one at a time, never all at once)
+            w = p.values()
+            stats, hist = _float_pass(w, edges, threshold)
+            shape = list(w.shape)
+            done += 1
+            progress(done, len(params))
         rows.append({"name": name, "layer": layer, "kind": k, "module": module_name(k),
-                     "shape": list(w.shape), "dtype": p.dtype, **stats})
+                     "shape": shape, "dtype": p.dtype, **stats})
         if layer is not None and k in kind_pos:
             for s in STATS:
                 table[s][layer_pos[layer], kind_pos[k]] = stats[s]
@@ -310,10 +381,9 @@ def _save(stats: WeightStats, path: Path) -> None:
         arrays[f"edges/{i}"] = stats.hist_edges[k]
         arrays[f"counts/{i}"] = stats.hist_counts[k]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "wb") as f:  # an open file: np.savez would append .npz to a bare path
-        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    buffer = io.BytesIO()  # a file object: np.savez would append .npz to a bare path
+    np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
+    atomic_write(path, buffer.getvalue())  # a reader never sees half a file
 
 
 def _load(path: Path) -> WeightStats:
@@ -337,10 +407,11 @@ def cache_file(model: nn.Module, model_key: str, bins: int = BINS, threshold: fl
 
 
 def weight_stats(model: nn.Module, model_key: str | None = None, bins: int = BINS,
-                 threshold: float = NEAR_ZERO, cache_dir: Path | None = None) -> WeightStats:
+                 threshold: float = NEAR_ZERO, cache_dir: Path | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> WeightStats:
     """`compute_weight_stats`, through a disk cache when `model_key` (a ModelSpec.key) is given."""
     if model_key is None:
-        return compute_weight_stats(model, bins, threshold)
+        return compute_weight_stats(model, bins, threshold, progress)
     start = time.perf_counter()
     path = cache_file(model, model_key, bins, threshold, cache_dir)
     if path.is_file():
@@ -350,7 +421,7 @@ def weight_stats(model: nn.Module, model_key: str | None = None, bins: int = BIN
             return stats
         except (OSError, ValueError, KeyError):  # a damaged or older file: recompute below
             pass
-    stats = compute_weight_stats(model, bins, threshold)
+    stats = compute_weight_stats(model, bins, threshold, progress)
     try:
         _save(stats, path)
     except OSError:  # a read-only cache folder only costs the next start its speed

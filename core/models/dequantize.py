@@ -37,31 +37,47 @@ logging.getLogger("bitsandbytes.autograd._functions").addFilter(_Once(MATMUL8BIT
 warnings.filterwarnings("ignore", message=MATMUL8BIT_NOTICE)
 
 
-def quantization_of(p: torch.Tensor) -> str | None:
-    """'nf4' / 'fp4' for a 4-bit parameter, 'int8' for an 8-bit one, None for a plain float tensor."""
+def int8_scale(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """SCB [out_features] of the 8-bit weight `name`, wherever bitsandbytes keeps it: on the weight until the
+    layer's first forward pass, which moves CB and SCB to the module's `state` (Linear8bitLt.init_8bit_state)
+    and leaves the weight with int8 codes and SCB = None. None for any other parameter."""
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    p = getattr(module, attr, None)
+    if p is None or p.dtype != torch.int8:
+        return None
+    scb = getattr(p, "SCB", None)
+    if scb is None and attr == "weight":
+        scb = getattr(getattr(module, "state", None), "SCB", None)
+    return scb
+
+
+def quantization_of(p: torch.Tensor, scale: torch.Tensor | None = None) -> str | None:
+    """'nf4' / 'fp4' for a 4-bit parameter, 'int8' for an 8-bit one (its SCB on it, or `scale` from
+    int8_scale once a forward pass has moved it), None for a plain float tensor."""
     state = getattr(p, "quant_state", None)
     if state is not None:
         return str(getattr(state, "quant_type", "4bit"))
-    if p.dtype == torch.int8 and getattr(p, "SCB", None) is not None:
+    if p.dtype == torch.int8 and (scale is not None or getattr(p, "SCB", None) is not None):
         return "int8"
     return None
 
 
 @torch.no_grad()
-def float_values(p: torch.Tensor) -> torch.Tensor | None:
+def float_values(p: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor | None:
     """The weights of `p` as floats in their logical shape: `p` itself when it already holds floats,
-    a float32 dequantized copy for a bitsandbytes 4-bit or 8-bit weight, None when there are no values
-    (the meta device)."""
+    a float32 dequantized copy for a bitsandbytes 4-bit or 8-bit weight (`scale`: its SCB from int8_scale),
+    None when there are no values (the meta device)."""
     if p.device.type == "meta" or p.numel() == 0:
         return None
     if p.is_floating_point() and getattr(p, "quant_state", None) is None:
         return p.detach()
-    kind = quantization_of(p)
+    kind = quantization_of(p, scale)
     if kind is None:
         return None
     import bitsandbytes.functional as bnb_f
 
     if kind == "int8":
-        scales = p.SCB.to(p.device)
+        scales = (scale if scale is not None else p.SCB).to(p.device)
         return bnb_f.int8_vectorwise_dequant(p.data, scales).float()  # CB * SCB[:, None] / 127
     return bnb_f.dequantize_4bit(p.data, p.quant_state).float()

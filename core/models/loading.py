@@ -14,8 +14,8 @@ import gc
 import importlib.util
 import os
 import re
-import shutil
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -34,6 +35,7 @@ from transformers import (
 from core.inspect.architecture import config_dims, detect_family
 from core.models.dequantize import MATMUL8BIT_NOTICE  # noqa: F401 - also installs the log filter
 from core.models.memory import check_fits
+from core.runs import atomic_folder, cache_root, runs_root
 
 EMBEDDED = "embedded"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -95,7 +97,6 @@ def _short_source(source: str) -> str:
     if source in TINY_SOURCES or _HUB_ID.match(source) or not _is_folder(source):
         return shown(source)
     path = Path(source).resolve()
-    from core.train.runs import runs_root
 
     with contextlib.suppress(ValueError, OSError):
         inside = path.relative_to(runs_root().resolve())
@@ -209,12 +210,93 @@ def is_hub_id(text: str) -> bool:
     return bool(_HUB_ID.match(text))
 
 
+# ---------------------------------------------------------------- which local folders a link may open
+
+LOCAL_MODELS_ENV = "LLM_LAB_LOCAL_MODELS"  # off | runs | any | PATH[:PATH...] (runs and cache folders + these)
+
+
+def served() -> bool:
+    """Is this process a Streamlit server (`streamlit run`, reachable by others)? `streamlit run` imports
+    its bootstrap module; AppTest (the tests run pages in-process) and the CLI never do. Read from
+    sys.modules without importing streamlit (core never does)."""
+    return "streamlit.web.bootstrap" in sys.modules
+
+
+def local_model_roots() -> list[Path] | None:
+    """Folders under which a local model may be opened: None = anywhere, [] = nowhere (from
+    LLM_LAB_LOCAL_MODELS; unset: "runs" when served, "any" for the CLI)."""
+    setting = os.environ.get(LOCAL_MODELS_ENV, "").strip() or ("runs" if served() else "any")
+    if setting.lower() == "any":
+        return None
+    if setting.lower() == "off":
+        return []
+
+    extra = [] if setting.lower() == "runs" else [Path(p).expanduser() for p in setting.split(os.pathsep) if p]
+    return [runs_root(), cache_root(), *extra]
+
+
+def refused_folder_message(source: str) -> str:
+    """The one answer for every local path the host does not allow, whether it exists or not: a
+    different message for /etc and /nonexistent would map the server's disk for whoever types URLs."""
+    return (f"`{shown(source)}` is not a model this server opens: local folders are limited to its saved "
+            f"training runs and model cache (the host's setting {LOCAL_MODELS_ENV}). Choose a model from the "
+            "list, a tiny model, or a Hugging Face Hub id such as `HuggingFaceTB/SmolLM2-360M-Instruct`.")
+
+
+def local_folder_allowed(source: str) -> bool:
+    """Is `source` a model folder (config.json with a model_type) inside the allowed roots?
+    Symlinks and `..` are resolved first, so `runs/../../etc` or a link out of runs/ count as outside."""
+    roots = local_model_roots()
+    if roots is None:
+        return True
+    try:
+        path = Path(source).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+    inside = False
+    for root in roots:
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            path.relative_to(root.expanduser().resolve())
+            inside = True
+    return inside and _is_folder(str(path)) and _model_type(path) is not None
+
+
+def _looks_like_path(source: str) -> bool:
+    """Decided from the text alone, never from the disk (that would tell what exists)."""
+    return source.startswith(("/", "~", ".")) or "\\" in source or (not _HUB_ID.match(source) and "/" in source)
+
+
+AUTO_DTYPE = "auto"
+BF16_ABOVE = 1e9  # parameters: above this a CPU load defaults to bfloat16 (half the memory, twice the speed)
+
+
+def default_dtype(source: str, device: str = "auto") -> str:
+    """What `--dtype auto` picks: bfloat16 for a local model of more than ~1B parameters on the CPU
+    (DeepSeek-R1-Distill-Qwen-1.5B: 7.1 GB in float32, 3.6 GB in bf16), else float32. Hub ids are not
+    fetched to decide (float32). The parity check's tolerance for bf16 is in core.inspect.stepwise."""
+    on_cpu = device == "cpu" or not torch.cuda.is_available()
+    if not on_cpu or source in (EMBEDDED, *TINY_SOURCES) or not _is_folder(source) \
+            or _model_type(Path(source)) is None:
+        return "float32"
+    try:
+        from core.models.params import count_parameters
+
+        n = count_parameters(AutoConfig.from_pretrained(source, trust_remote_code=False))["total"]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return "float32"
+    return "bfloat16" if n > BF16_ABOVE else "float32"
+
+
 def parse_spec(source: str, dtype: str = "float32", device: str = "auto", quantization: str = "none") -> ModelSpec:
-    """Validate user input into a spec; every failure is a ModelLoadError with a readable message."""
+    """Validate user input into a spec; every failure is a ModelLoadError with a readable message.
+    dtype `auto` becomes `default_dtype(source, device)` once the source is known to be allowed."""
     source = (source or "").strip()
     if not source:
         raise ModelLoadError("Enter a model: `embedded`, a tiny model, a Hugging Face Hub id such as "
                              "`HuggingFaceTB/SmolLM2-360M-Instruct`, or a local folder.")
+    if dtype == AUTO_DTYPE:
+        spec = parse_spec(source, "float32", device, quantization)
+        return ModelSpec(spec.source, default_dtype(spec.source, spec.device), spec.device, spec.quantization)
     if dtype not in DTYPES:
         raise ModelLoadError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
     if device not in DEVICES:
@@ -223,6 +305,16 @@ def parse_spec(source: str, dtype: str = "float32", device: str = "auto", quanti
         raise ModelLoadError(f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("No CUDA GPU is visible on this machine; choose device `auto` or `cpu`.")
+    if source not in (EMBEDDED, *TINY_SOURCES) and local_model_roots() is not None:
+        # A restricted host: a permitted model folder, else a Hub id, else the one refusal for any path.
+        if local_folder_allowed(source):
+            return ModelSpec(source, dtype, device, quantization)
+        if _looks_like_path(source):
+            raise ModelLoadError(refused_folder_message(source))
+        if not _HUB_ID.match(source):
+            raise ModelLoadError(f"`{shown(source)}` is not a valid Hugging Face model id (expected `name` or "
+                                 "`organisation/name`, letters, digits, `-`, `_`, `.`).")
+        return ModelSpec(source, dtype, device, quantization)
     if source not in (EMBEDDED, *TINY_SOURCES) and not _is_folder(source) and not _HUB_ID.match(source):
         raise ModelLoadError(f"`{shown(source)}` is not a valid Hugging Face model id (expected `name` or "
                              "`organisation/name`, letters, digits, `-`, `_`, `.`) nor a local folder.")
@@ -230,10 +322,6 @@ def parse_spec(source: str, dtype: str = "float32", device: str = "auto", quanti
 
 
 # ---------------------------------------------------------------- embedded model and its cache
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LLM_LAB_CACHE", Path.home() / ".cache" / "llm-anatomy-lab"))
 
 
 def embedded_cache_dir() -> Path:
@@ -255,18 +343,10 @@ def _cache_complete(folder: Path) -> bool:
 
 def _write_cache(model: PreTrainedModel | None, tokenizer: Any, folder: Path) -> None:
     """Write next to the target and rename, so a crash never leaves a half-written cache."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if model is not None:
-        model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder, ignore_errors=True)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process won the race; its cache is as good as ours
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(folder) as tmp:
+        if model is not None:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def _load_embedded_from_gguf() -> tuple[PreTrainedModel, Any]:
@@ -315,7 +395,9 @@ def _embedded(spec: ModelSpec, dtype: torch.dtype, extra: dict[str, Any]) -> tup
             return model, tokenizer, "GGUF (dequantized; now cached as safetensors)"
         del model
         gc.collect()
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager", **extra)
+    model = None if extra else load_safetensors_folder(folder, AutoConfig.from_pretrained(folder), dtype)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager", **extra)
     model.config.name_or_path = EMBEDDED_HUB_ID
     return model, AutoTokenizer.from_pretrained(folder), "safetensors cache of the GGUF"
 
@@ -375,10 +457,12 @@ def _require_hub(model_id: str) -> None:
 
 def hub_config(model_id: str) -> PretrainedConfig:
     """The config of a Hub model or local folder, with readable errors; never runs remote code."""
-    if _is_folder(model_id):
+    if _is_folder(model_id) and local_folder_allowed(model_id):
         not_a_model_folder(model_id)
     else:
         _require_hub(model_id)
+        if _is_folder(model_id):  # `data` beside the server's cwd: answered as a Hub id, never opened
+            raise ModelLoadError(f"`{shown(model_id)}` was not found on the Hugging Face Hub (or is gated/private).")
     try:
         return AutoConfig.from_pretrained(model_id, trust_remote_code=False)
     except ValueError as exc:  # an architecture this transformers does not know, or remote code
@@ -391,15 +475,21 @@ def hub_config(model_id: str) -> PretrainedConfig:
         raise ModelLoadError(f"Could not read the config of `{shown(model_id)}`: {msg.splitlines()[0]}") from exc
 
 
-def not_a_model_folder(folder: str) -> None:
-    """Refuse a folder without a config.json naming a model_type (`/etc`, `../../`), saying so."""
-    config = Path(folder) / "config.json"
+def _model_type(folder: Path) -> str | None:
+    """The `model_type` of folder/config.json, None when there is no readable one."""
     try:
         import json
 
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") or None
     except (OSError, ValueError, AttributeError):
-        model_type = None
+        return None
+
+
+def not_a_model_folder(folder: str) -> None:
+    """Refuse a folder without a config.json naming a model_type (`/etc`, `../../`), saying so."""
+    if not local_folder_allowed(folder):  # parse_spec refuses first; this guards direct callers
+        raise ModelLoadError(refused_folder_message(folder))
+    model_type = _model_type(Path(folder))
     if not model_type:
         raise ModelLoadError(f"`{shown(folder)}` is a folder but not a model folder: it has no config.json "
                              "with a `model_type` (a saved Hugging Face model has one).")
@@ -419,11 +509,113 @@ def _quantization_config(spec: ModelSpec) -> dict[str, Any]:
                                                       bnb_4bit_compute_dtype=compute)}
 
 
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+READ_CHUNK = 1 << 24  # bytes read at a time when the stored dtype differs from the target dtype
+
+
+def _safetensors_files(folder: Path) -> list[Path] | None:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [folder / n for n in names]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else None
+
+
+def _read_tensor(f: Any, start: int, stored: torch.dtype, target: torch.Tensor) -> None:
+    """Fill `target` from the file at byte `start`: straight into its memory when the dtypes match, else
+    in READ_CHUNK pieces converted one at a time (never a second full copy of the tensor)."""
+    f.seek(start)
+    out = target.view(-1)
+    if stored == target.dtype:
+        f.readinto(memoryview(out.view(torch.uint8).numpy()))
+        return
+    step = READ_CHUNK // stored.itemsize
+    buf = torch.empty(min(step, out.numel()), dtype=stored)
+    for i in range(0, out.numel(), step):
+        piece = buf[:min(step, out.numel() - i)]
+        f.readinto(memoryview(piece.view(torch.uint8).numpy()))
+        out[i:i + piece.numel()] = piece
+
+
+def load_safetensors_folder(folder: str | Path, config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel | None:
+    """A local safetensors model stored in another dtype (a bf16 folder opened in float32), read straight
+    into `dtype` on the CPU: parameters are made on the meta device, then each is allocated once and
+    filled from the file with plain reads (no memory map), so the peak is the weights in `dtype` plus one
+    READ_CHUNK buffer, not the mapped file beside them (1.57x the float32 weights for the 1.5B shape).
+    None when the folder is stored in `dtype` already (transformers maps it in place: better) or is
+    anything else than this simple case (other names, a missing weight): the caller then uses
+    transformers' own loader."""
+    import json
+
+    from accelerate import init_empty_weights
+
+    folder = Path(folder)
+    files = _safetensors_files(folder)
+    if not files or not all(f.is_file() for f in files):
+        return None
+    headers = []
+    for path in files:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        headers.append((path, n, header))
+    if all(_SAFETENSORS_DTYPES.get(e["dtype"]) == dtype for _, _, h in headers for e in h.values()):
+        # Stored as asked: transformers maps the file and uses it in place (no copy at all, pages read
+        # on first use and shared with every process that opens the same file).
+        return None
+    config._attn_implementation = "eager"
+    try:
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+    except (ValueError, TypeError, AttributeError):
+        return None
+    owners = {}  # parameter or buffer name -> (module, leaf, is_parameter)
+    for mname, module in model.named_modules():
+        for leaf, _ in module.named_parameters(recurse=False):
+            owners[f"{mname}.{leaf}" if mname else leaf] = (module, leaf, True)
+        for leaf, _ in module.named_buffers(recurse=False):
+            owners[f"{mname}.{leaf}" if mname else leaf] = (module, leaf, False)
+    with torch.no_grad():
+        for path, n, header in headers:
+            with open(path, "rb", buffering=0) as f:
+                for name, entry in header.items():
+                    stored = _SAFETENSORS_DTYPES.get(entry["dtype"])
+                    if name not in owners or stored is None:
+                        return None  # a name this class does not have (an older layout): transformers maps it
+                    module, leaf, is_param = owners[name]
+                    current = getattr(module, leaf)
+                    if list(current.shape) != entry["shape"]:
+                        return None
+                    target = torch.empty(entry["shape"], dtype=dtype if current.is_floating_point() else current.dtype)
+                    _read_tensor(f, 8 + n + entry["data_offsets"][0], stored, target)
+                    if is_param:
+                        module._parameters[leaf] = nn.Parameter(target, requires_grad=False)
+                    else:
+                        module._buffers[leaf] = target
+    model.tie_weights()
+    if any(p.device.type == "meta" for p in model.parameters()):
+        return None  # a weight the files do not hold
+    with contextlib.suppress(OSError, ValueError):
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    return model.eval()
+
+
 def _from_hub(spec: ModelSpec, dtype: torch.dtype, extra: dict[str, Any]) -> tuple[PreTrainedModel, Any, str]:
     config = hub_config(spec.source)
     check_fits(config, spec)
+    local = _is_folder(spec.source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False)
+        model = load_safetensors_folder(spec.source, config, dtype) if local and not extra else None
+        if model is not None:  # CPU, not quantized: read straight into the target dtype (issue 19)
+            model.config.name_or_path = spec.source
+            return model, tokenizer, "local folder (safetensors, read straight into the dtype)"
         model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, attn_implementation="eager",
                                                      trust_remote_code=False, **extra)
     except ValueError as exc:

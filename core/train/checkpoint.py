@@ -1,23 +1,23 @@
 """Checkpoints of a pre-training run, written so that a crash at any moment leaves a usable last one.
 
-Run folder (see core.train.runs for the shared layout):
+Run folder (see core.runs for the shared layout and lifecycle):
     config.json                      the TrainConfig (with the char vocabulary filled in)
-    run.json                         owner, status, step, updated (the runs-folder cap reads it)
+    run.json, .lock                  owner, status, step, heartbeat; the lock a live job holds (core.runs)
     metrics.csv                      one row per step: step, train_loss, val_loss, lr, grad_norm, ...
     samples.txt                      the text sampled every sample_interval steps
     checkpoints/step-000500/         model.safetensors, optimizer.pt, trainer.json (step)
     model/                           the Hugging Face export (core.train.export), when the switches allow one
 
-A checkpoint is written into `checkpoints/.tmp-step-N` and renamed when complete (a rename within one
-folder is atomic), so a stop or a kill during the write never leaves a half checkpoint behind.
+A checkpoint is written under a temporary name and renamed when complete (core.runs.atomic_folder), so a
+stop or a kill during the write never leaves a half checkpoint behind.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import math
-import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -26,8 +26,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.runs import atomic_folder, atomic_write
+
 METRIC_COLUMNS = ("step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s")
 KEEP_CHECKPOINTS = 2
+_STEP = re.compile(r"^step-\d+$")
 
 
 def checkpoint_dir(run: Path) -> Path:
@@ -39,7 +42,7 @@ def latest_checkpoint(run: Path) -> Path | None:
     folder = checkpoint_dir(run)
     if not folder.is_dir():
         return None
-    done = [d for d in folder.iterdir() if d.name.startswith("step-") and (d / "trainer.json").is_file()]
+    done = [d for d in folder.iterdir() if _STEP.match(d.name) and (d / "trainer.json").is_file()]
     return max(done, key=lambda d: int(d.name.split("-")[1]), default=None)
 
 
@@ -57,16 +60,11 @@ def save_checkpoint(run: Path, step: int, model: torch.nn.Module, optimizer: tor
     folder = checkpoint_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:06d}"
-    tmp = folder / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_state_dict(model), str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, "saved_at": time.time(), **(extra or {})}))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted((d for d in folder.iterdir() if d.name.startswith("step-")),
+    with atomic_folder(final) as tmp:
+        save_file(_state_dict(model), str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, "saved_at": time.time(), **(extra or {})}))
+    for old in sorted((d for d in folder.iterdir() if _STEP.match(d.name)),
                       key=lambda d: d.name)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -79,6 +77,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise ValueError(f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}")
     if optimizer is not None:
+        if not (Path(path) / "optimizer.pt").is_file():
+            raise ValueError(f"{Path(path).parent.parent.name} can no longer be resumed: its optimizer state was dropped "
+                             "to keep the runs folder under its cap (its model is still in the picker).")
         optimizer.load_state_dict(torch.load(Path(path) / "optimizer.pt", map_location="cpu", weights_only=True))
     return int(json.loads((Path(path) / "trainer.json").read_text())["step"])
 
@@ -89,13 +90,12 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 def write_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite metrics.csv with every row so far (atomic: temporary file, then rename)."""
     columns = list(METRIC_COLUMNS) + sorted({k for r in rows for k in r} - set(METRIC_COLUMNS))
-    tmp = Path(run) / ".metrics.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    os.replace(tmp, Path(run) / "metrics.csv")
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, fieldnames=columns)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    atomic_write(Path(run) / "metrics.csv", out.getvalue())
 
 
 def read_metrics(run: Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
@@ -124,22 +124,3 @@ def read_metrics(run: Path, up_to_step: int | None = None) -> list[dict[str, Any
 def append_sample(run: Path, step: int, text: str) -> None:
     with (Path(run) / "samples.txt").open("a", encoding="utf-8") as f:
         f.write(f"--- step {step} ---\n{text}\n")
-
-
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(values, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return str(x)
-
-
-def update_run_status(run: Path, **values: Any) -> None:
-    path = Path(run) / "run.json"
-    current = json.loads(path.read_text()) if path.is_file() else {"created": time.time()}
-    current.update(values, updated=time.time())
-    write_json(path, current)

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from core.units import plural
+
 DATASETS = ("tinyshakespeare", "pasted")
 TOKENIZERS = ("char", "bpe")
 MIN_PASTED_CHARS = 200
@@ -73,7 +75,7 @@ def load_text(dataset: str = "tinyshakespeare", text: str = "", max_chars: int =
     if max_chars and max_chars > 0:
         body = body[:max_chars]
     if len(body) < MIN_PASTED_CHARS:
-        raise ValueError(f"The text has {len(body)} characters; training needs at least {MIN_PASTED_CHARS} "
+        raise ValueError(f"The text has {plural(len(body), 'character')}; training needs at least {MIN_PASTED_CHARS:,} "
                          "(a train and a validation part, each longer than one block).")
     return body
 

@@ -13,14 +13,13 @@ are not exported. The tokenizer goes along: the char vocabulary as a `tokenizers
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import logging as hf_logging
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from core.runs import atomic_folder
 from core.train.data import TextData, bpe_tokenizer
 from core.train.model import GPT
 
@@ -147,20 +146,13 @@ def char_tokenizer(chars: str):
 
 def export_run(model: GPT, data: TextData, folder: Path) -> Path:
     """Write the HF model and tokenizer into `folder` (via a temporary folder, then renamed in)."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}-tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = char_tokenizer(data.chars) if data.tokenizer == "char" else bpe_tokenizer()
     special = {} if data.tokenizer == "char" else {"bos_token_id": tokenizer.bos_token_id,
                                                    "eos_token_id": tokenizer.eos_token_id,
                                                    "pad_token_id": tokenizer.pad_token_id}
     hf = to_hf(model, special)
     hf_logging.disable_progress_bar()  # "Writing model shards" bars would fill the training log
-    hf.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    old = folder.with_name(f".{folder.name}-old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder) as tmp:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return folder

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from core.jobs import Job, JobError, JobStopped
 from core.models.capture import greedy_continuation
 from core.models.loading import LoadedModel
 from core.models.params import meta_model_from_config
+from core.runs import RunLease, reserve_run, update_run
 from core.train import finetune_data as fd
 from core.train import finetune_store as store
 
@@ -74,6 +75,7 @@ class FinetuneResult:
     model_dir: str | None
     adapter_dir: str | None
     answers: list[dict[str, str]] = field(default_factory=list)  # {prompt, before, after}
+    stopped: bool = False  # a stop ended the training early (the checkpoint and export were still written)
 
 
 # ---------------------------------------------------------------- checks and the choice of weights
@@ -197,6 +199,19 @@ def preview(model_config: Any, cfg: FinetuneConfig) -> dict[str, Any]:
     return out
 
 
+def peak_bytes(lm: LoadedModel, cfg: FinetuneConfig) -> int:
+    """What a fine-tuning job holds at its peak, declared before it starts (the server admits it against its
+    memory budget): the private copy of the weights, gradients and AdamW's two moments of what trains,
+    and one batch's activations (Korthikanti et al. 2022: ~34·s·b·h per layer in 16-bit, twice that in fp32,
+    plus the logits and their gradient)."""
+    trainable, _ = trainable_parameters(configure(meta_model_from_config(lm.config), cfg))
+    c = lm.config
+    hidden, layers = int(getattr(c, "hidden_size", 0) or 0), int(getattr(c, "num_hidden_layers", 0) or 0)
+    tokens = cfg.batch_size * cfg.max_len
+    activations = 2 * 34 * tokens * hidden * layers + 3 * 4 * tokens * int(getattr(c, "vocab_size", 0) or 0)
+    return int(lm.memory_bytes() + 16 * trainable + activations)
+
+
 def working_copy(lm: LoadedModel, cfg: FinetuneConfig) -> nn.Module:
     """A private deep copy, configured for `cfg`: the shared lm.model is only read."""
     if lm.spec.quantization != "none":
@@ -226,13 +241,17 @@ def eval_loss(model: nn.Module, encoded: list[fd.Encoded], pad_id: int) -> float
     return float(torch.stack(losses).mean())
 
 
-def answers(lm: LoadedModel, model: nn.Module, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers of `model` (the working copy) to `prompts`, through the lab's own greedy decode."""
+def answers(lm: LoadedModel, model: nn.Module, prompts: list[str], max_new_tokens: int,
+            progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Greedy answers of `model` (the working copy) to `prompts`, through the lab's own greedy decode.
+    `progress(done, total)` is called before each prompt (a full model answers for minutes on a CPU)."""
     work = replace(lm, model=model)  # same tokenizer and tokenizer lock, private weights
     was_training = model.training
     model.eval()
     out = []
-    for prompt in prompts:
+    for i, prompt in enumerate(prompts):
+        if progress is not None:
+            progress(i, len(prompts))
         with lm.tokenizer_lock:
             ids = fd.encode_prompt(lm.tokenizer, prompt)
         new = greedy_continuation(work, ids, max_new_tokens)
@@ -253,6 +272,25 @@ def finetune(job: Job, lm: LoadedModel, cfg: FinetuneConfig, run_dir: str | Path
     A stop ends the loop early, still writes a checkpoint, the after-answers and the export.
     """
     run_dir = Path(run_dir)
+    if not resume:
+        reserve_run(run_dir, job_id=job.id, owner=job.owner, kind="finetune")
+    # The run's lock, before the minutes of copying: a second resume of this run is refused at once.
+    lease = RunLease.claim(run_dir, owner=job.owner, kind="finetune", job_id=job.id)
+    job.on_status(lambda status: lease.beat(status=status))
+    status = "failed"
+    try:
+        result = _finetune(job, lm, cfg, run_dir, lease, examples, extra_prompts, resume)
+        status = "stopped" if result.stopped else "finished"
+        return result
+    except JobStopped:
+        status = "stopped"
+        raise
+    finally:
+        lease.release(status=status)
+
+
+def _finetune(job: Job, lm: LoadedModel, cfg: FinetuneConfig, run_dir: Path, lease: RunLease,
+              examples: list[fd.Example] | None, extra_prompts: tuple[str, ...], resume: bool) -> FinetuneResult:
     examples = fd.load_instructions() if examples is None else examples
     train_set, heldout = fd.split_examples(examples)
     prompts = list(dict.fromkeys([e.prompt for e in heldout] + [p for p in extra_prompts if p.strip()]))
@@ -275,36 +313,36 @@ def finetune(job: Job, lm: LoadedModel, cfg: FinetuneConfig, run_dir: str | Path
         job.seed_metrics(state["metrics"], state["step"])
     else:
         store.start_run(run_dir, lm.spec, asdict(cfg))
-    store.set_status(run_dir, owner=job.owner, status="running", step=state["step"], kind="finetune")
-    status = "failed"
-    try:
-        job.report(state["step"], trainable=trainable, total=total, run_dir=str(run_dir), config=asdict(cfg),
-                   phase="answering (before)")
-        if state["before"] is None or len(state["before"]) != len(prompts):
-            state["before"] = answers(lm, model, prompts, cfg.max_new_tokens)
-        job.report(before=dict(zip(prompts, state["before"])), phase="training")
-        if state["step"] == 0:
-            row = {"step": 0, "val_loss": eval_loss(model, held_enc, pad_id)}
-            state["metrics"].append(row)
-            job.report(0, row)
+    lease.beat(step=state["step"], max_iters=cfg.steps)
 
-        start_step = state["step"]
-        t0 = time.perf_counter()
-        if not _train_loop(job, model, optimizer, params, (train_enc, held_enc, pad_id), cfg, run_dir, state, t0):
-            status = "stopped"
-        state["seconds"] += time.perf_counter() - t0
-        _checkpoint(job, run_dir, model, optimizer, state, 0.0, cfg.mode)
+    def answering(when: str) -> Callable[[int, int], None]:
+        return lambda done, n: job.report(phase=f"answering ({when}): prompt {done + 1} of {n}")
 
-        job.report(phase="answering (after)")
-        after = answers(lm, model, prompts, cfg.max_new_tokens)
-        job.report(after=dict(zip(prompts, after)), phase="exporting the model")
-        adapter_dir, model_dir = store.export(run_dir, model, lm.tokenizer, cfg.mode)
-        store.write_answers(run_dir, prompts, state["before"], after)
-        job.report(phase="done", model_dir=str(model_dir))
-        status = "finished" if status != "stopped" else status
-        return _result(run_dir, cfg, state, start_step, trainable, total, prompts, after, model_dir, adapter_dir)
-    finally:
-        store.set_status(run_dir, status=status, step=state["step"])
+    job.report(state["step"], trainable=trainable, total=total, run_dir=str(run_dir), config=asdict(cfg),
+               phase="answering (before)")
+    if state["before"] is None or len(state["before"]) != len(prompts):
+        state["before"] = answers(lm, model, prompts, cfg.max_new_tokens, answering("before"))
+    job.report(before=dict(zip(prompts, state["before"])), phase="training")
+    if state["step"] == 0:
+        row = {"step": 0, "val_loss": eval_loss(model, held_enc, pad_id)}
+        state["metrics"].append(row)
+        job.report(0, row)
+
+    start_step = state["step"]
+    t0 = time.perf_counter()
+    stopped = not _train_loop(job, model, optimizer, params, (train_enc, held_enc, pad_id), cfg, run_dir, state, t0)
+    state["seconds"] += time.perf_counter() - t0
+    _checkpoint(job, run_dir, model, optimizer, state, 0.0, cfg.mode)
+
+    job.report(phase="answering (after)")
+    after = answers(lm, model, prompts, cfg.max_new_tokens, answering("after"))
+    job.report(after=dict(zip(prompts, after)), phase="exporting the model")
+    adapter_dir, model_dir = store.export(run_dir, model, lm.tokenizer, cfg.mode)
+    store.write_answers(run_dir, prompts, state["before"], after)
+    job.report(phase="done", model_dir=str(model_dir))
+    result = _result(run_dir, cfg, state, start_step, trainable, total, prompts, after, model_dir, adapter_dir)
+    result.stopped = stopped
+    return result
 
 
 def _train_loop(job: Job, model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
@@ -358,7 +396,7 @@ def _checkpoint(job: Job, run_dir: Path, model: nn.Module, optimizer: torch.opti
                 state: dict[str, Any], t0: float, mode: str) -> None:
     seconds = state["seconds"] + (time.perf_counter() - t0 if t0 else 0.0)
     path = store.save_checkpoint(run_dir, model, optimizer, {**state, "seconds": seconds}, mode)
-    store.set_status(run_dir, step=state["step"], checkpoint=str(path))
+    update_run(run_dir, step=state["step"], checkpoint=str(path))
     job.report(checkpoint=str(path), checkpoint_step=state["step"])
 
 

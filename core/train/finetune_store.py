@@ -15,11 +15,9 @@ leaves the previous checkpoint whole (`checkpoint.old` covers the instant betwee
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import re
-import shutil
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,8 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.train.checkpoint import update_run_status
-from core.train.runs import run_path, runs_root
+from core.runs import atomic_folder, atomic_write, is_live, run_path, run_status, runs_root
 
 METRIC_COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "tokens", "s_per_step", "elapsed_s")
 
@@ -45,33 +42,13 @@ def default_run_name(source: str, mode: str) -> str:
     return f"ft-{base}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp` with renames only; `final.old` exists only between the two renames."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def start_run(run_dir: Path, spec: Any, cfg: dict[str, Any]) -> None:
     """A new run: refuse a folder that already holds a run (resume it instead)."""
     if (run_dir / "config.json").exists():
         raise ValueError(f"A run named {run_dir.name!r} already exists; resume it or choose another name.")
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"kind": "finetune", "base": asdict(spec), "finetune": cfg}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-
-
-def set_status(run_dir: Path, **values: Any) -> None:
-    """run.json (owner, status, step, updated), shared with pre-training: the runs-folder cap never removes
-    a running run, and removes a user's own finished runs first."""
-    update_run_status(run_dir, **values)
+    atomic_write(run_dir / "config.json", json.dumps(config, indent=2))
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:
@@ -89,17 +66,14 @@ def _is_lora(model: nn.Module) -> bool:
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], mode: str) -> Path:
     final = run_dir / "checkpoint"
-    tmp = _tmp(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if _is_lora(model):
-        model.save_pretrained(tmp / "adapter")
-    else:
-        save_file({n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad},
-                  str(tmp / "weights.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "mode": mode}))
-    _swap_in(tmp, final)
+    with atomic_folder(final) as tmp:
+        if _is_lora(model):
+            model.save_pretrained(tmp / "adapter")
+        else:
+            save_file({n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad},
+                      str(tmp / "weights.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "mode": mode}))
     write_metrics(run_dir, state["metrics"])
     return final
 
@@ -133,17 +107,19 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
             for name, p in model.named_parameters():
                 if name in tensors:
                     p.copy_(tensors[name])
+    if not (folder / "optimizer.pt").is_file():
+        raise JobError(f"Run {run_dir.name!r} can no longer be resumed: its optimizer state was dropped to keep the "
+                       "runs folder under its cap. Its fine-tuned model is still in the model picker.")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     return json.loads((folder / "state.json").read_text())
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = _tmp(run_dir / "metrics.csv")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(run_dir / "metrics.csv")
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(run_dir / "metrics.csv", out.getvalue())
 
 
 def export(run_dir: Path, model: nn.Module, tokenizer: Any, mode: str) -> tuple[Path | None, Path]:
@@ -152,24 +128,20 @@ def export(run_dir: Path, model: nn.Module, tokenizer: Any, mode: str) -> tuple[
     adapter_dir = None
     if _is_lora(model):
         adapter_dir = run_dir / "adapter"
-        tmp = _tmp(adapter_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        _swap_in(tmp, adapter_dir)
+        with atomic_folder(adapter_dir) as tmp:
+            model.save_pretrained(tmp)
         model = model.merge_and_unload()
     model_dir = run_dir / "model"
-    tmp = _tmp(model_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
     model.config.name_or_path = f"{run_dir.name} (fine-tuned: {mode})"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    _swap_in(tmp, model_dir)
+    with atomic_folder(model_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return adapter_dir, model_dir
 
 
 def write_answers(run_dir: Path, prompts: list[str], before: list[str], after: list[str]) -> None:
     rows = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before, after)]
-    (run_dir / "answers.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False))
+    atomic_write(run_dir / "answers.json", json.dumps(rows, indent=2, ensure_ascii=False))
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
@@ -188,11 +160,12 @@ def finetune_runs(root: Path | None = None, base: str | None = None) -> list[dic
     for d in root.iterdir():
         config = read_config(d) if d.is_dir() else None
         folder = checkpoint_folder(d) if config else None
-        if folder is None or (base is not None and config["base"]["source"] != base):
-            continue
+        if folder is None or (base is not None and config["base"]["source"] != base) or is_live(d):
+            continue  # a run a job holds right now is not offered for resuming (two jobs would share it)
         state = json.loads((folder / "state.json").read_text())
         out.append({"name": d.name, "path": str(d), "base": config["base"]["source"],
                     "mode": config["finetune"]["mode"], "step": state["step"],
                     "steps": config["finetune"]["steps"], "config": config["finetune"],
-                    "exported": (d / "model" / "config.json").is_file(), "mtime": folder.stat().st_mtime})
+                    "exported": (d / "model" / "config.json").is_file(), "mtime": folder.stat().st_mtime,
+                    "status": run_status(d), "resumable": (folder / "optimizer.pt").is_file()})
     return sorted(out, key=lambda r: r["mtime"], reverse=True)

@@ -28,7 +28,7 @@ class Lesson:
     title: str
     labels: tuple[str, str]
     configs: tuple[TrainConfig, TrainConfig]
-    look_for: str  # written after watching the real curves
+    look_for: str  # what the curves show and why, without figures: `figures` quotes the run being watched
 
 
 def _pair(**common: Any) -> TrainConfig:
@@ -45,45 +45,88 @@ def _add(key: str, title: str, label_a: str, a: dict, label_b: str, b: dict, com
 
 _add("warmup", "Warmup vs none", "no warmup", {"warmup_iters": 0}, "100 warmup steps", {"warmup_iters": 100},
      {"learning_rate": 1e-2, "n_layer": 4, "grad_clip": 0.0},
-     ('At this high rate (1e-2, no clipping) the run without warmup drops fastest for four steps, then '
-      'jumps back up (loss 3.24 at step 4, 3.67 at step 5) and never catches up: it stays about 0.3 nats '
-      'above the warmed-up run to the end (validation 2.64 vs 2.33 at step 400 when we ran it). The warmed-'
-      'up run looks slow at first (the rate starts near 1e-4, so the loss is still 3.8 at step 10) but '
-      "overtakes by step 25. Early on, Adam's moment estimates come from a handful of gradients; full-size "
-      'steps taken on them push the model somewhere it does not easily leave.'))
+     ('At this high rate (1e-2, no clipping) the run without warmup drops fastest for a few steps, then '
+      'jumps back up and stays above the warmed-up run. The warmed-up run looks slow at first (its rate '
+      "starts near 1e-4) but overtakes. Early on, Adam's moment estimates come from a handful of gradients; "
+      'full-size steps taken on them push the model somewhere it does not easily leave.'))
 _add("clipping", "Gradient clipping vs none at a high learning rate", "no clipping", {"grad_clip": 0.0},
      "clip at 1.0", {"grad_clip": 1.0}, {"learning_rate": 3e-2, "n_layer": 4, "warmup_iters": 0},
-     ('Both runs suffer at this rate (3e-2): the loss bounces around 3.2-3.4 for the first hundred steps. '
-      'Clipping at 1.0 ends only a hair lower (validation 2.76 vs 2.78 at step 400 when we ran it; between '
-      'steps 100 and 275 it was even behind), and the two curves stay close. That is the lesson: with AdamW '
+     ('Both runs suffer at this rate (3e-2) and the two curves stay close. That is the lesson: with AdamW '
       'each update is already divided by a running scale of the gradient, so clipping only changes the steps '
-      'whose norm spikes above the threshold, and here the norm passed 1.0 on just 9 of 400 steps. Watch '
-      'the gradient-norm spikes; then try the warmup lesson, the bigger lever.'))
+      'whose norm spikes above the threshold, and those are few. Watch the gradient-norm spikes; then try the '
+      'warmup lesson, the bigger lever.'))
 _add("norm", "Pre-LN vs post-LN", "pre-LN", {"norm_position": "pre"}, "post-LN", {"norm_position": "post"},
      {"n_layer": 6, "learning_rate": 3e-3, "warmup_iters": 0},
      ("With 6 layers, rate 3e-3 and no warmup, the post-LN model (the original Transformer's layout) gets "
-      'stuck: its validation loss sits at 3.43-3.45 from step 25 to step 400 when we ran it, roughly what '
-      'predicting character frequencies alone gives, while pre-LN goes down to 2.55. In post-LN every '
-      'gradient has to pass through a LayerNorm per sub-layer on the way down, and without warmup the first'
-      ' updates wreck it (Xiong et al. 2020); pre-LN keeps an untouched identity path from the loss to '
-      'every layer.'))
+      'stuck at about the loss that predicting character frequencies alone gives, while pre-LN keeps going '
+      'down. '
+      'In post-LN every gradient has to pass through a LayerNorm per sub-layer on the way down, and without '
+      'warmup the first updates wreck it (Xiong et al. 2020); pre-LN keeps an untouched identity path from '
+      'the loss to every layer.'))
 _add("init", "Init N(0, 0.02) vs a bad init N(0, 1)", "std 0.02 (scaled residual)", {"init": "scaled"},
      "std 1.0", {"init": "bad"}, {},
-     ('The bad init starts at a loss of 18.7 nats where guessing uniformly among 65 characters would give '
-      'ln 65 = 4.17: with N(0, 1) weights the logits are huge and confidently wrong. It spends its first 50'
-      ' steps just shrinking them (validation 8.4 at step 25, 4.8 at step 50 when we ran it), while the 0.02 init is '
-      'already at 2.8; at step 400 the gap is still a full nat (validation 3.38 vs 2.32). A bad start costs'
-      ' more than the steps it takes to recover from it.'))
+     ('The bad init starts far above ln 65 = 4.17 nats, what guessing uniformly among 65 characters gives: '
+      'with N(0, 1) weights the logits are huge and confidently wrong. It spends its first steps just '
+      'shrinking them while the 0.02 init is already learning, and the gap lasts. A bad start costs more '
+      'than the steps it takes to recover from it.'))
 _add("dropout", "Dropout 0 vs 0.2 on a small slice", "dropout 0", {"dropout": 0.0}, "dropout 0.2",
      {"dropout": 0.2}, {"max_chars": 5_000, "n_layer": 2, "n_embd": 96, "block_size": 64, "batch_size": 16,
                         "learning_rate": 3e-3, "max_iters": 400, "lr_decay_iters": 400, "min_lr": 3e-4,
                         "eval_interval": 25, "weight_decay": 0.0},
-     ('On 5,000 characters (4,500 to train on) the model without dropout memorises: when we ran it, its '
-      'training loss fell from 2.1 at step 100 to 1.3 at step 400 while its validation loss bottomed out '
-      'near 2.45 around steps 175-250 and then turned up, to 2.57 at step 400. That upturn, with the gap '
-      'between the two curves widening, is overfitting. With dropout 0.2 the training loss stays higher '
-      '(2.1 at step 400) but the validation loss keeps creeping down, to 2.38: each step trains a random '
-      'sub-network, so no single path can memorise the text.'))
+     ('On 5,000 characters (4,500 to train on) the model without dropout memorises: its training loss keeps '
+      'falling while its validation loss bottoms out and turns up, the gap between the two curves widening. '
+      'That is overfitting. With dropout 0.2 the training loss stays higher but the validation loss holds: '
+      'each step trains a random sub-network, so no single path can memorise the text.'))
+
+
+# ---------------------------------------------------------------- figures quoted from the run being watched
+
+
+def _series(rows: Any, label: str, metric: str) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r[metric])) for r in rows
+            if r.get("run") == label and r.get(metric) is not None and not math.isnan(float(r[metric]))]
+
+
+def _at(series: list[tuple[int, float]], step: int) -> float | None:
+    return next((v for s, v in series if s == step), None)
+
+
+def figures(key: str, rows: Any) -> str:
+    """The lesson's figures from `rows` (a lesson job's metrics: one row per run per step), as a sentence;
+    "" until the run has a validation loss. The text can never drift from the curves: it is read off them."""
+    lesson = LESSONS[key]
+    a, b = lesson.labels
+    val = {x: _series(rows, x, "val_loss") for x in (a, b)}
+    train = {x: _series(rows, x, "train_loss") for x in (a, b)}
+    if not (val[a] and val[b]):
+        return ""
+    step_a, last_a = val[a][-1]
+    step_b, last_b = val[b][-1]
+    parts = [f"In this run: validation loss {last_a:.2f} ({a}, step {step_a}) vs {last_b:.2f} ({b}, step {step_b})"]
+    if key == "warmup" and len(train[a]) >= 5:
+        low = min(train[a][:10], key=lambda sv: sv[1])
+        later = max((sv for sv in train[a][:25] if sv[0] > low[0]), key=lambda sv: sv[1], default=None)
+        if later:
+            parts.append(f"without warmup the training loss fell to {low[1]:.2f} at step {low[0]} and bounced to "
+                         f"{later[1]:.2f} at step {later[0]}")
+    elif key == "clipping":
+        norms = _series(rows, a, "grad_norm")
+        if norms:
+            parts.append(f"the unclipped gradient norm passed 1.0 on {sum(v > 1.0 for _, v in norms)} of "
+                         f"{len(norms)} steps")
+    elif key == "norm":
+        post = [v for _, v in val[b]]
+        parts.append(f"post-LN's validation loss stayed between {min(post):.2f} and {max(post):.2f}")
+    elif key == "init" and train[b]:
+        parts.append(f"the bad init started at a training loss of {train[b][0][1]:.1f} nats "
+                     f"(ln 65 = {math.log(65):.2f}) against {train[a][0][1]:.2f}")
+    elif key == "dropout":
+        best_step, best = min(val[a], key=lambda sv: sv[1])
+        parts.append(f"without dropout the validation loss bottomed at {best:.2f} (step {best_step}) and ended at "
+                     f"{last_a:.2f}, with training loss {train[a][-1][1]:.2f}; with dropout 0.2 training loss "
+                     f"{train[b][-1][1]:.2f}" if train[a] and train[b] else
+                     f"without dropout the validation loss bottomed at {best:.2f} (step {best_step})")
+    return "; ".join(parts) + "."
 
 
 @dataclass

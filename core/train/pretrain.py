@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from core.jobs import JobError
+from core.runs import RunLease, reserve_run, write_json
 from core.train import checkpoint as ckpt
 from core.train.config import TrainConfig, lr_at
 from core.train.data import TextData, build_data, get_batch, step_generator
@@ -37,6 +39,10 @@ class NullJob:
 
     def __init__(self, progress: Callable[[str], None] | None = None):
         self.progress = progress
+        self.id = f"cli-{secrets.token_urlsafe(6)}"
+
+    def on_status(self, listener: Callable[[str], None]) -> None:
+        pass
 
     def tick(self) -> None:
         pass
@@ -77,11 +83,53 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: 
 
 
 def estimate_step_bytes(config: TrainConfig, vocab_size: int) -> int:
-    """Rough activation memory of one micro-batch (float32): per layer ~ 34 B*T*C + 5 B*h*T^2 values
-    (Korthikanti et al. 2022, without recomputation) plus the logits and their gradient."""
+    """Activation memory of one micro-batch in float32, in bytes: what forward keeps for backward.
+
+    Korthikanti et al. (2022) count 34·B·T·C bytes per layer for 16-bit activations and 1-byte dropout
+    masks: 16 values per token and channel (attention input, q, k, v, attention output: 5; MLP input, its
+    two 4C-wide activations: 9; the two norms' inputs: 2) — 64 bytes at fp32. For an MLP of width M
+    that is 8C + 2M values (GELU) or 8C + 4M (SwiGLU keeps gate, up, SiLU and product); RMSNorm and
+    RoPE keep 2C more each (measured). Their 5·B·h·T²
+    attention term is absent: PyTorch's fused attention keeps no T x T matrix unless dropout is on, and
+    its CPU kernel has no dropout, so with dropout the math path keeps scores, softmax, mask and dropped
+    probabilities (~13 bytes per element, measured) plus two 1-byte masks per layer. The logits, their
+    log-softmax and its gradient add 3·B·T·V values. Checked against the allocator's peak in
+    bench/activation_memory.py (three sizes, within 25 %)."""
     B, T, C, h = config.batch_size, config.block_size, config.n_embd, config.n_head
-    per_layer = 34 * B * T * C + 5 * B * h * T * T
-    return 4 * (config.n_layer * per_layer + 3 * B * T * vocab_size)
+    M = config.model_config(vocab_size).mlp_hidden
+    values = 8 * C + (4 if config.mlp == "swiglu" else 2) * M
+    values += 2 * C if config.norm == "rmsnorm" else 0  # the hand-written RMSNorm keeps x·rsqrt and more
+    values += 2 * C if config.position == "rope" else 0  # rotated copies of q and k
+    per_layer = 4 * B * T * values
+    if config.dropout > 0:
+        per_layer += 2 * B * T * C + 13 * B * h * T * T
+    return int(config.n_layer * per_layer + 4 * 3 * B * T * vocab_size)
+
+
+def measure_step_bytes(config: TrainConfig, vocab_size: int, seed: int = 0) -> int:
+    """The real peak of one training micro-batch's forward + backward on CPU, in bytes above what was
+    allocated before it (weights, a previous step's state): the allocator's own records through
+    `torch.profiler` (profile_memory), summed in time order op by op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from core.train.model import GPT
+
+    gen = torch.Generator().manual_seed(seed)
+    model = GPT(config.model_config(vocab_size), generator=gen).train()
+    x = torch.randint(0, vocab_size, (config.batch_size, config.block_size), generator=gen)
+    y = torch.randint(0, vocab_size, (config.batch_size, config.block_size), generator=gen)
+    _, loss = model(x, y)  # warm-up: one-off allocations stay out of the measured step
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _, loss = model(x, y)
+        loss.backward()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.end)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
 
 
 def check_memory(config: TrainConfig, vocab_size: int) -> None:
@@ -210,6 +258,15 @@ class Trainer:
         return self.data.decode(out[0, len(ids):].tolist())
 
 
+def peak_bytes(config: TrainConfig, data: TextData) -> int:
+    """What a pre-training job holds at its peak, declared before it starts (the server admits it against its
+    memory budget): weights, gradients and AdamW's two moments (16 bytes per parameter in fp32), one
+    micro-batch's activations, the token ids."""
+    with torch.device("meta"):
+        params = GPT(config.model_config(data.vocab_size)).num_parameters()
+    return 16 * params + estimate_step_bytes(config, data.vocab_size) + 8 * (len(data.train) + len(data.val))
+
+
 def read_run_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
@@ -223,27 +280,43 @@ def train(config: TrainConfig, run_dir: Path | str, job: Any = None, *, resume: 
 
     With `resume`, the last checkpoint's weights, optimizer and step are loaded and metrics.csv continues.
     """
-    from core.jobs import JobStopped
-
     job = job or NullJob()
     run = Path(run_dir)
     data = prepare_data(config)
     acc = make_accelerator()
-    trainer = Trainer(config, data, acc)
-    rows: list[dict[str, Any]] = []
-    last_ckpt = None
-    if resume:
-        last_ckpt = ckpt.latest_checkpoint(run)
-        if last_ckpt is None:
-            raise JobError(f"{run} has no complete checkpoint to resume from")
-        trainer.step = ckpt.load_checkpoint(last_ckpt, trainer.raw, trainer.optimizer)
-        rows = ckpt.read_metrics(run, up_to_step=trainer.step)
-        job.seed_metrics(rows, trainer.step)
     main = acc.is_main_process
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json(run / "config.json", config.to_dict())
-        ckpt.update_run_status(run, owner=owner, status="running", step=trainer.step)
+    if main and not resume:
+        reserve_run(run, job_id=job.id, owner=owner, kind="pretrain")
+    # The run's lock: while this job holds it no one else resumes it or removes it to make room.
+    lease = RunLease.claim(run, owner=owner, kind="pretrain", job_id=job.id) if main else None
+    try:
+        trainer = Trainer(config, data, acc)
+        rows: list[dict[str, Any]] = []
+        last_ckpt = None
+        if resume:
+            last_ckpt = ckpt.latest_checkpoint(run)
+            if last_ckpt is None:
+                raise JobError(f"{run.name} has no complete checkpoint to resume from")
+            trainer.step = ckpt.load_checkpoint(last_ckpt, trainer.raw, trainer.optimizer)
+            rows = ckpt.read_metrics(run, up_to_step=trainer.step)
+            job.seed_metrics(rows, trainer.step)
+        if lease is not None:
+            write_json(run / "config.json", config.to_dict())
+            lease.beat(step=trainer.step, max_iters=config.max_iters)
+            job.on_status(lambda status: lease.beat(status=status))
+        return _train_loop(config, run, job, acc, trainer, data, rows, last_ckpt, lease, export)
+    except BaseException:
+        if lease is not None and lease.held:
+            lease.release(status="failed")
+        raise
+
+
+def _train_loop(config: TrainConfig, run: Path, job: Any, acc: Any, trainer: "Trainer", data: Any,
+                rows: list[dict[str, Any]], last_ckpt: Path | None, lease: RunLease | None,
+                export: bool) -> dict[str, Any]:
+    from core.jobs import JobStopped
+
+    main = lease is not None
     info = {"parameters": trainer.raw.num_parameters(), "processes": acc.num_processes,
             "distributed": str(acc.distributed_type), "device": str(acc.device), "run_dir": str(run),
             "memory_bytes": state_bytes(trainer.raw, trainer.optimizer, data)}
@@ -256,9 +329,9 @@ def train(config: TrainConfig, run_dir: Path | str, job: Any = None, *, resume: 
         if main and (last_ckpt is None or not last_ckpt.name.endswith(f"{trainer.step:06d}")):
             last_ckpt = ckpt.save_checkpoint(run, trainer.step, trainer.raw, trainer.optimizer, {"reason": reason})
             ckpt.write_metrics(run, rows)
-            ckpt.update_run_status(run, step=trainer.step, checkpoint=str(last_ckpt))
+            lease.beat(step=trainer.step, checkpoint=str(last_ckpt))
             if export:
-                _export_quietly(trainer, run)
+                _export_quietly(trainer, run, lease)
         acc.wait_for_everyone()
         job.report(checkpoint=str(last_ckpt) if last_ckpt else None)
 
@@ -286,6 +359,8 @@ def train(config: TrainConfig, run_dir: Path | str, job: Any = None, *, resume: 
             rows.append(row)
             job.report(step=trainer.step, metrics=row, tokens_per_s_mean=tokens_done / max(elapsed, 1e-9),
                        memory_bytes=state_bytes(trainer.raw, trainer.optimizer, data), **extra)
+            if lease is not None:
+                lease.beat(step=trainer.step)
             if trainer.step % config.interval_checkpoint == 0 and not at_end:
                 save("interval")
         save("end")
@@ -298,8 +373,8 @@ def train(config: TrainConfig, run_dir: Path | str, job: Any = None, *, resume: 
         status = "diverged"
         raise
     finally:
-        if main:
-            ckpt.update_run_status(run, status=status, step=trainer.step)
+        if lease is not None:
+            lease.release(status=status, step=trainer.step)
     final = next((r for r in reversed(rows) if r.get("val_loss") is not None), {})
     return {"run_dir": str(run), "step": trainer.step, "val_loss": final.get("val_loss"),
             "train_loss": final.get("train_eval_loss"), "checkpoint": str(last_ckpt) if last_ckpt else None,
@@ -307,11 +382,11 @@ def train(config: TrainConfig, run_dir: Path | str, job: Any = None, *, resume: 
             "tokens_per_s": tokens_done / max(time.perf_counter() - started, 1e-9)}
 
 
-def _export_quietly(trainer: Trainer, run: Path) -> None:
+def _export_quietly(trainer: Trainer, run: Path, lease: RunLease) -> None:
     """Export to run/model when the switches map onto a stock class; otherwise note why in run.json."""
     from core.train.export import export_reason, export_run
 
     reason = export_reason(trainer.config)
     if reason is None:
         export_run(trainer.raw, trainer.data, run / "model")
-    ckpt.update_run_status(run, export_note=reason or "")
+    lease.beat(export_note=reason or "")
