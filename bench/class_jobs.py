@@ -112,9 +112,10 @@ async def run_class(url: str, n: int) -> list[dict]:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         start, ready = asyncio.Event(), []
         tasks = [asyncio.create_task(student(browser, url, i, start, ready)) for i in range(n)]
-        while len(ready) < n and not any(t.done() for t in tasks):
+        while len(ready) + sum(t.done() for t in tasks) < n:  # a student whose page failed does not hold the class
             await asyncio.sleep(0.5)
-        print(f"  {len(ready)} students ready; all press start", flush=True)
+        print(f"  {len(ready)} students ready ({sum(t.done() for t in tasks)} failed to open the page); all press start",
+              flush=True)
         start.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         await browser.close()
