@@ -10,7 +10,6 @@ import streamlit as st
 
 from core.circuits import graph as G
 from core.models.capture import InputError, token_display
-from core.models.loading import LoadedModel
 from ui import circuits as ui
 from ui import state
 from ui.explain import how_computed
@@ -32,11 +31,6 @@ def explain(text: str = DEFAULT_TEXT) -> None:
                       "each piece is weighted by its proximity to the whole update (Ferrando & Voita 2024).")
 
 
-@st.cache_resource(show_spinner="Splitting every attention update by source token…", max_entries=16)
-def _graph(key: str, text: str, _lm: LoadedModel) -> G.ContributionGraph:
-    return G.contribution_graph(_lm, text)
-
-
 st.markdown(
     "Each dot is the residual stream at one **position** (column) after one **layer** (row). A line from a dot "
     "below to a dot above is an **attention route**: how much of that position's update came from that source "
@@ -50,7 +44,7 @@ if lay is None:
 text = state.keep(st.text_area, "Text", value=DEFAULT_TEXT, key="cg_text", height=68,
                   help=f"Up to {G.MAX_TOKENS} tokens (the graph has layers × positions² routes).")
 try:
-    g = _graph(lm.spec.key, text, lm)
+    g = ui.contribution_graph(lm, text)
 except InputError as exc:
     st.info(str(exc))
     explain(text)

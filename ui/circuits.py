@@ -12,6 +12,7 @@ import streamlit as st
 
 from core.circuits import ablation as A
 from core.circuits import dla as D
+from core.circuits import graph as G
 from core.circuits import head_roles as R
 from core.circuits import patching as P
 from core.circuits.components import Layout, layout
@@ -68,6 +69,16 @@ def ablate(lm: LoadedModel, text: str, ablation: A.Ablation, position: int = -1)
     except InputError as exc:
         st.info(str(exc))
         return None
+
+
+@st.cache_resource(show_spinner="Splitting every attention update by source token…", max_entries=16)
+def _graph(key: str, text: str, _lm: LoadedModel) -> G.ContributionGraph:
+    return G.contribution_graph(_lm, text)
+
+
+def contribution_graph(lm: LoadedModel, text: str) -> G.ContributionGraph:
+    """G.contribution_graph, cached per model and text (InputError for a text it cannot use)."""
+    return _graph(lm.spec.key, text, lm)
 
 
 @st.cache_resource(show_spinner="Scoring every head on a repeated random sequence…", max_entries=16)
