@@ -88,6 +88,17 @@ async def student(browser, url: str, i: int, start: asyncio.Event, ready: list[i
     return {"i": i, "wait": started, "finish": done, "positions": positions, "refused": refused}
 
 
+async def shown_step(page, timeout: float = 120) -> int:
+    """The step in the live panel's status line ("step 267 / 4,000"), -1 if none appears in time."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        m = re.search(r"step ([\d,]+) / ", await main_text(page))
+        if m:
+            return int(m.group(1).replace(",", ""))
+        await asyncio.sleep(0.5)
+    return -1
+
+
 async def watcher(browser, link: str) -> dict:
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
@@ -95,12 +106,11 @@ async def watcher(browser, link: str) -> dict:
     await page.goto(link, timeout=600_000)
     await settle(page)
     first = time.perf_counter() - t0
-    text = await main_text(page)
+    step0 = await shown_step(page)  # the live panel draws after the page's first run: wait for its status line
     buttons = await page.get_by_role("button", name="⏸ Pause").count()
-    step0 = int(re.search(r"step ([\d,]+)", text).group(1).replace(",", "")) if re.search(r"step ([\d,]+)", text) else -1
     await asyncio.sleep(8)
+    step1 = await shown_step(page)
     text = await main_text(page)
-    step1 = int(re.search(r"step ([\d,]+)", text).group(1).replace(",", "")) if re.search(r"step ([\d,]+)", text) else -1
     await context.close()
     return {"first": first, "controls": buttons, "advanced": step1 > step0 >= 0, "read_only": "read-only" in text}
 
