@@ -27,7 +27,7 @@ def home() -> None:
         "- **Developers**: see what the model you call through an API is made of.\n"
         "- **Researchers**: inspect hidden states, heads and weights of any Hugging Face causal LM.")
 
-    lm = model_picker()
+    lm = model_picker(causal=False)  # the card describes any model; the other pages say what they need
     card = lm.card()
     family = detect_family(lm.config)
     st.subheader(f"Loaded model: {card['name']}")
@@ -47,6 +47,9 @@ def home() -> None:
                f"**{card['quantization']}** · tied embeddings **{card['tied_embeddings']}** · "
                f"loaded from **{card['loaded_from']}** · Hub id `{card['hub_id']}`")
 
+    if lm.kind != "causal":  # every other page needs a causal LM and says so; point to the one that fits
+        st.info(f"This is an {lm.kind} model: the **Encoder attention** page shows its heads; the other pages "
+                "need a causal language model.", icon="🔀")
     share_link()
 
     pages = available_pages()

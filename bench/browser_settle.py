@@ -1,6 +1,7 @@
 """How fast the inspection pages answer in a real browser, and what a class opening one link costs.
 
     .venv/bin/python bench/browser_settle.py [--port 8602] [--repeats 5] [--sessions 20] [--skip-class | --only-class]
+    .venv/bin/python bench/browser_settle.py --sections Circuits --skip-class   # the Circuits pages
 
 One Streamlit server (the embedded model, port 8602) and Debian's Chromium through Playwright.
 "Settled" = the app's script state is notRunning and the DOM has not changed for 300 ms (a
@@ -51,9 +52,14 @@ CONTROLS = {
     "Attention": ("slider", "Layer"),
     "Weights": ("slider", "Layer"),
     "Logit_lens": ("selectbox", "Position"),
+    "Logit_attribution": ("selectbox", "Prediction made at position"),
+    "Ablation_and_patching": ("radio", "Mode"),
+    "Contribution_graph": ("slider", "Show routes carrying at least"),
+    "Head_roles": ("selectbox", "Head"),
 }
 SLIDER = "[data-testid='stMain'] [data-testid='stSlider']"
 SELECT = "[data-testid='stMain'] [data-testid='stSelectbox']"
+RADIO = "[data-testid='stMain'] [data-testid='stRadio']"
 
 
 # ---------------------------------------------------------------- settle detection (sync and async twins)
@@ -94,6 +100,8 @@ def control(page, url_path: str):
         if not box.count():
             box = page.locator(SLIDER).first
         return "slider", box.locator("input[type='range']").first
+    if kind == "radio":
+        return "radio", page.locator(RADIO).filter(has_text=label).first
     box = page.locator(SELECT).filter(has_text=label).first
     return "selectbox", box.locator("input[role='combobox']").first
 
@@ -104,6 +112,8 @@ def change(page, kind: str, widget, i: int) -> None:
     if kind == "slider":
         widget.focus()
         page.keyboard.press(key)
+    elif kind == "radio":  # the other of its first two options
+        widget.locator("label").nth((i + 1) % 2).click()
     else:
         widget.click()
         page.keyboard.press("ArrowDown" if i % 2 == 0 else "ArrowUp")
@@ -118,7 +128,7 @@ def exceptions(page) -> int:
 # ---------------------------------------------------------------- one user, every page
 
 
-def one_user(browser, url: str, repeats: int) -> list[dict]:
+def one_user(browser, url: str, repeats: int, sections: tuple[str, ...] = SECTIONS) -> list[dict]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.add_init_script(OBSERVER)
     page = context.new_page()
@@ -127,9 +137,13 @@ def one_user(browser, url: str, repeats: int) -> list[dict]:
     page.wait_for_selector("h1", timeout=300_000)
     settled(page, 0.0, timeout=300)
     rows = [{"page": "Home (app start)", "first visit s": time.perf_counter() - start}]
-    pages = [p for p in available_pages() if p.section in SECTIONS]
+    pages = [p for p in available_pages() if p.section in sections]
     for info in pages:
         link = page.locator("[data-testid='stSidebarNav'] a", has_text=info.title).first
+        more = page.locator("[data-testid='stSidebarNavViewButton']", has_text="more")
+        if not link.count() and more.count():  # a long navigation shows its first pages only
+            more.first.click()
+            link = page.locator("[data-testid='stSidebarNav'] a", has_text=info.title).first
         if not link.count():
             print(f"  {info.title}: not in the sidebar, skipped", flush=True)
             continue
@@ -288,6 +302,8 @@ def main() -> None:
     ap.add_argument("--skip-class", action="store_true")
     ap.add_argument("--only-class", action="store_true")
     ap.add_argument("--app-dir", default=str(ROOT), help="run another checkout (e.g. the code before a change)")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help='navigation sections to visit, comma-separated (e.g. "Circuits")')
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -300,7 +316,7 @@ def main() -> None:
         if not args.only_class:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                rows = one_user(browser, url, args.repeats)
+                rows = one_user(browser, url, args.repeats, tuple(x.strip() for x in args.sections.split(",")))
                 browser.close()
             print("\nOne user (seconds; targets: control <= 1.0, first visit <= 3, 15 presses <= 3):")
             table(rows)

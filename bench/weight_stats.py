@@ -94,7 +94,7 @@ def measure(label: str, model: torch.nn.Module, key: str) -> dict[str, float]:
            "warm_memory_s": t_mem, "model_rss_GB": base / 1e9, "peak_beyond_model_GB": (peak - base) / 1e9}
     print(f"{label}: {n / 1e6:,.0f}M params, {len(cold.rows)} parameters, {cold.n_layers} layers")
     print(f"  cold (no disk cache)      {t_cold:7.2f} s")
-    print(f"  warm (disk cache, .npz)   {t_disk:7.3f} s   (includes the fingerprint of the weights)")
+    print(f"  warm (disk cache, safetensors)   {t_disk:7.3f} s   (includes the fingerprint of the weights)")
     print(f"  warm (memory cache)       {t_mem * 1e6:7.1f} us")
     print(f"  RSS with the model        {base / 1e9:7.2f} GB")
     print(f"  peak RSS beyond the model {(peak - base) / 1e6:7.0f} MB"

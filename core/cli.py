@@ -24,23 +24,31 @@ def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], 
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="embedded", help="embedded | tiny-gpt2 | tiny-llama | tiny-qwen2 | Hub id | folder")
+    p.add_argument("--model", default="embedded",
+                   help="embedded | tiny-gpt2 | tiny-llama | tiny-qwen2 | Hub id | folder (encoder-attention: "
+                        "tiny-bert | tiny-t5 | a Hub encoder or seq2seq model)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 for a local model above ~1B parameters on the CPU, else float32")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"])
 
 
-def load_from_args(args: argparse.Namespace):
-    from core.models.loading import load_model, parse_spec
+def load_from_args(args: argparse.Namespace, causal: bool = True):
+    """The model the arguments name; `causal` (most commands): an encoder or encoder-decoder model is refused
+    with a message naming the command that shows it, instead of failing inside the command."""
+    from core.models.loading import ModelLoadError, load_model, parse_spec
 
-    return load_model(parse_spec(args.model, args.dtype, args.device, args.quantization),
-                      progress=lambda msg: print(msg, file=sys.stderr))
+    lm = load_model(parse_spec(args.model, args.dtype, args.device, args.quantization),
+                    progress=lambda msg: print(msg, file=sys.stderr))
+    if causal and lm.kind != "causal":
+        raise ModelLoadError(f"{lm.name} is an {lm.kind} model; this command needs a causal language model. "
+                             "`python -m core encoder-attention` shows its attention.")
+    return lm
 
 
 @command("info", "print the model card as JSON", add_model_args)
 def cmd_info(args: argparse.Namespace) -> Any:
-    return load_from_args(args).card()
+    return load_from_args(args, causal=False).card()
 
 
 def _params_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +71,7 @@ def cmd_params(args: argparse.Namespace) -> Any:
         return count_parameters(config_from_dict(fields))
     if args.reference:
         return count_parameters(reference_config(args.reference))
-    return count_parameters(load_from_args(args).model)
+    return count_parameters(load_from_args(args, causal=False).model)
 
 
 # ---------------------------------------------------------------- inside the model (forward, ...)
@@ -103,7 +111,7 @@ def cmd_architecture(args: argparse.Namespace) -> Any:
         config = reference_config(args.reference) if args.reference else hub_config(args.hub)
         diagram, dtype = diagram_from_config(config), args.kv_dtype or "bfloat16"
     else:
-        lm = load_from_args(args)
+        lm = load_from_args(args, causal=False)
         config, diagram = lm.config, build_diagram(lm.model)
         dtype = args.kv_dtype or str(lm.model.dtype).replace("torch.", "")
     return {
@@ -361,7 +369,7 @@ def cmd_lens(args: argparse.Namespace) -> Any:
 
 # Each section of the lab registers its own commands with @command in its `cli` module.
 SECTION_CLIS = ("core.train.cli", "core.train.finetune_cli", "core.align.cli", "core.decode.cli",
-                "core.hardware.cli", "core.evaluate.cli", "core.circuits.cli")
+                "core.hardware.cli", "core.evaluate.cli", "core.circuits.cli", "core.circuits.encoder_cli")
 
 
 def _register_sections() -> None:

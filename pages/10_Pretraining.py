@@ -11,6 +11,7 @@ from core.train.pretrain import Trainer, train
 from core.runs import list_runs, runs_root
 from ui import training as T
 from ui.explain import how_computed
+from ui.inputs import decimal_number, whole_number
 from ui.jobs import attached_job, can_control, cap_notices, class_jobs, forget_job, job_controls, live_panel, owner_id
 from ui.models import model_picker
 
@@ -38,8 +39,9 @@ lesson_link = T.LESSON_PARAM in st.query_params and T.TRAIN_PARAM not in st.quer
 tab_train, tab_lessons = st.tabs(TABS, key="pt_tab", on_change="rerun", default=TABS[1] if lesson_link else None)
 
 
-def configure() -> TrainConfig:
-    """The configuration widgets, nanoGPT's baby-GPT settings as defaults."""
+def configure() -> TrainConfig | None:
+    """The configuration widgets, nanoGPT's baby-GPT settings as defaults; None while a number box holds
+    something it cannot take (the box says what to type)."""
     d = TrainConfig()
     st.markdown("**Architecture**")
     preset = st.selectbox("Preset", list(PRESETS), key="pt_preset")
@@ -50,15 +52,15 @@ def configure() -> TrainConfig:
     position = c[2].selectbox("Positions", POSITIONS, index=POSITIONS.index(place0), key=f"pt_pos{preset}")
     mlp = c[3].selectbox("MLP", MLPS, index=MLPS.index(mlp0), key=f"pt_mlp{preset}")
     c = st.columns(4)
-    n_layer = c[0].number_input("Layers", 1, 24, d.n_layer, key="pt_layers")
-    n_head = c[1].number_input("Heads", 1, 32, d.n_head, key="pt_heads")
-    n_embd = c[2].number_input("Width (n_embd)", 8, 1024, d.n_embd, step=8, key="pt_width")
-    block_size = c[3].number_input("Block size", 2, 1024, d.block_size, key="pt_block")
+    n = dict(n_layer=whole_number("Layers", d.n_layer, 1, 24, "pt_layers", where=c[0]),
+             n_head=whole_number("Heads", d.n_head, 1, 32, "pt_heads", where=c[1]),
+             n_embd=whole_number("Width (n_embd)", d.n_embd, 8, 1024, "pt_width", where=c[2], step=8),
+             block_size=whole_number("Block size", d.block_size, 2, 1024, "pt_block", where=c[3]))
     c = st.columns(4)
     init = c[0].selectbox("Init", INITS, index=INITS.index(d.init), key="pt_init",
                           help="normal: N(0, 0.02) · scaled: residual projections / √(2·layers) (GPT-2) · "
                                "bad: N(0, 1), to see what a bad start costs")
-    dropout = c[1].number_input("Dropout", 0.0, 0.9, d.dropout, step=0.05, key="pt_dropout")
+    n["dropout"] = decimal_number("Dropout", d.dropout, 0.0, 0.9, "pt_dropout", where=c[1], step=0.05)
     tie = c[2].toggle("Tie embedding and head", d.tie_weights, key="pt_tie")
     bias = c[3].toggle("Biases", d.bias, key="pt_bias")
 
@@ -69,33 +71,33 @@ def configure() -> TrainConfig:
                                           "pasted": "Paste a text"}.get)
     tokenizer = c[1].selectbox("Tokenizer", ["char", "bpe"], key="pt_tok",
                                format_func={"char": "characters", "bpe": "BPE (SmolLM2's 49,152 tokens)"}.get)
-    max_chars = c[2].number_input("Use the first N characters (0: all)", 0, 10_000_000, 0, step=10_000, key="pt_chars")
+    n["max_chars"] = whole_number("Use the first N characters (0: all)", 0, 0, 10_000_000, "pt_chars", where=c[2],
+                                  step=10_000)
     text = st.text_area("Your text", key="pt_text", height=120, max_chars=2_000_000) if dataset == "pasted" else ""
 
     st.markdown("**Optimisation** (AdamW, linear warmup then cosine decay to min lr)")
     c = st.columns(4)
-    batch_size = c[0].number_input("Batch size", 1, 512, d.batch_size, key="pt_batch")
-    accum = c[1].number_input("Gradient accumulation", 1, 64, 1, key="pt_accum")
-    lr = c[2].number_input("Learning rate", 0.0, 1.0, d.learning_rate, step=1e-4, format="%.5f", key="pt_lr")
-    max_iters = c[3].number_input("Steps", 1, 100_000, d.max_iters, key="pt_iters")
+    n["batch_size"] = whole_number("Batch size", d.batch_size, 1, 512, "pt_batch", where=c[0])
+    n["gradient_accumulation_steps"] = whole_number("Gradient accumulation", 1, 1, 64, "pt_accum", where=c[1])
+    n["learning_rate"] = decimal_number("Learning rate", d.learning_rate, 0.0, 1.0, "pt_lr", where=c[2], step=1e-4)
+    n["max_iters"] = whole_number("Steps", d.max_iters, 1, 100_000, "pt_iters", where=c[3])
     c = st.columns(4)
-    warmup = c[0].number_input("Warmup steps", 0, 100_000, d.warmup_iters, key="pt_warmup")
-    min_lr = c[1].number_input("Min lr", 0.0, 1.0, d.min_lr, step=1e-5, format="%.5f", key="pt_minlr")
-    weight_decay = c[2].number_input("Weight decay", 0.0, 1.0, d.weight_decay, step=0.01, key="pt_wd")
-    grad_clip = c[3].number_input("Clip grad norm (0: off)", 0.0, 100.0, d.grad_clip, step=0.5, key="pt_clip")
+    n["warmup_iters"] = whole_number("Warmup steps", d.warmup_iters, 0, 100_000, "pt_warmup", where=c[0])
+    n["min_lr"] = decimal_number("Min lr", d.min_lr, 0.0, 1.0, "pt_minlr", where=c[1], step=1e-5)
+    n["weight_decay"] = decimal_number("Weight decay", d.weight_decay, 0.0, 1.0, "pt_wd", where=c[2], step=0.01)
+    n["grad_clip"] = decimal_number("Clip grad norm (0: off)", d.grad_clip, 0.0, 100.0, "pt_clip", where=c[3],
+                                    step=0.5)
     c = st.columns(4)
-    seed = c[0].number_input("Seed", 0, 2**31 - 1, d.seed, key="pt_seed")
-    eval_interval = c[1].number_input("Evaluate + checkpoint every", 1, 10_000, d.eval_interval, key="pt_eval")
-    eval_iters = c[2].number_input("Eval batches", 1, 500, d.eval_iters, key="pt_evaliters")
-    sample_interval = c[3].number_input("Sample every (0: never)", 0, 10_000, d.sample_interval, key="pt_sample")
-    return TrainConfig(
-        n_layer=int(n_layer), n_head=int(n_head), n_embd=int(n_embd), block_size=int(block_size), dropout=float(dropout),
-        bias=bool(bias), norm_position=norm_position, norm=norm, position=position, mlp=mlp, tie_weights=bool(tie),
-        init=init, dataset=dataset, tokenizer=tokenizer, text=text, max_chars=int(max_chars),
-        batch_size=int(batch_size), gradient_accumulation_steps=int(accum), learning_rate=float(lr),
-        max_iters=int(max_iters), warmup_iters=int(warmup), lr_decay_iters=int(max_iters), min_lr=float(min_lr),
-        weight_decay=float(weight_decay), grad_clip=float(grad_clip), seed=int(seed), eval_interval=int(eval_interval),
-        eval_iters=int(eval_iters), sample_interval=int(sample_interval))
+    n["seed"] = whole_number("Seed", d.seed, 0, 2**31 - 1, "pt_seed", where=c[0])
+    n["eval_interval"] = whole_number("Evaluate + checkpoint every", d.eval_interval, 1, 10_000, "pt_eval", where=c[1])
+    n["eval_iters"] = whole_number("Eval batches", d.eval_iters, 1, 500, "pt_evaliters", where=c[2])
+    n["sample_interval"] = whole_number("Sample every (0: never)", d.sample_interval, 0, 10_000, "pt_sample",
+                                        where=c[3])
+    if None in n.values():
+        return None
+    return TrainConfig(**n, lr_decay_iters=n["max_iters"], bias=bool(bias), norm_position=norm_position, norm=norm,
+                       position=position, mlp=mlp, tie_weights=bool(tie), init=init, dataset=dataset,
+                       tokenizer=tokenizer, text=text)
 
 
 def lr_controls(job) -> None:
@@ -108,9 +110,9 @@ def lr_controls(job) -> None:
         st.caption("Takes effect at the next step. " + (f"Now fixed at **{current:.2e}** (schedule overridden)."
                                                         if current is not None else "Now following the schedule."))
         c = st.columns([2, 1, 1])
-        new = c[0].number_input("New learning rate", 1e-6, 10.0, float(current or 1e-3), format="%.6f",
-                                key="pt_lr_new", label_visibility="collapsed")
-        if c[1].button("Set", key="pt_lr_set", width="stretch"):
+        new = decimal_number("New learning rate", float(current or 1e-3), 1e-6, 10.0, "pt_lr_new", where=c[0],
+                             label_visibility="collapsed")
+        if c[1].button("Set", key="pt_lr_set", width="stretch", disabled=new is None):
             job.set_control("lr", float(new), by=owner_id())
             st.rerun()
         if c[2].button("Back to schedule", key="pt_lr_sched", width="stretch", disabled=current is None):
@@ -124,12 +126,14 @@ with tab_train:
         config = configure()
         name = st.text_input("Run name", "shakespeare-char", key="pt_name",
                              help="Letters, digits, '-', '_', '.'; the run's folder under the runs folder")
-        checked = T.check_config(config)
+        checked = T.check_config(config) if config is not None else None
+        if config is None:
+            st.caption("A number box above holds something it cannot take: its message says what to type.")
         if checked is not None:
             vocab, params = checked
             st.caption(f"{params:,} parameters · vocabulary {vocab:,} · "
                        + " ".join(T.config_notes(config, vocab)))
-        if (warning := T.schedule_warning(config)) is not None:
+        if config is not None and (warning := T.schedule_warning(config)) is not None:
             st.warning(warning)
         if st.button("▶ Start training", type="primary", disabled=checked is None, key="pt_start"):
             if T.start_pretraining(config, name) is not None:
@@ -144,12 +148,13 @@ with tab_train:
                                       format_func=lambda n: f"{n} (step {by_name[n].step:,}, {by_name[n].status})")
                 entry = by_name[chosen]
                 planned = T.planned_steps(entry.path)
-                more = st.number_input("Train until step", 1, 100_000, max(planned, entry.step + 1),
-                                       key=f"pt_resume_iters_{chosen}",
-                                       help=f"The run was planned for {planned:,} steps; it is at step {entry.step:,}.")
+                more = whole_number("Train until step", max(planned, entry.step + 1), 1, 100_000,
+                                    f"pt_resume_iters_{chosen}",
+                                    help=f"The run was planned for {planned:,} steps; it is at step {entry.step:,}.")
                 if entry.live:
                     st.caption("This run is training right now in a job: it can be resumed once that job has stopped.")
-                if st.button("⏯ Resume from its last checkpoint", key="pt_resume", disabled=entry.live):
+                if st.button("⏯ Resume from its last checkpoint", key="pt_resume",
+                             disabled=entry.live or more is None):
                     if T.start_pretraining(TrainConfig(max_iters=int(more)), chosen, resume=True) is not None:
                         st.rerun()
         class_jobs(T.TRAIN_PARAM, "pretrain")

@@ -11,7 +11,7 @@ from core.train import finetune_store as store
 from core.units import format_count, format_duration
 from ui import finetune as ui_ft
 from ui.explain import how_computed
-from ui.inputs import whole_number
+from ui.inputs import checked_text, decimal_number, whole_number
 from ui.jobs import attached_job, can_control, cap_notices, forget_job, job_controls, live_panel, owner_id
 from ui.models import model_picker
 
@@ -72,9 +72,8 @@ if job is None:
     st.subheader("1 · Choose what trains")
     mode = st.radio("Mode", list(MODE_LABELS), format_func=MODE_LABELS.get, horizontal=True, key="ft_mode")
     c = st.columns(4)
-    lr = c[0].number_input("Learning rate", min_value=0.0, max_value=1.0, value=DEFAULT_LR[mode],
-                           step=1e-5, format="%g", key=f"ft_lr_{mode}",
-                           help="AdamW's step size; you can change it while the run goes.")
+    lr = decimal_number("Learning rate", DEFAULT_LR[mode], 0.0, 1.0, f"ft_lr_{mode}", where=c[0], step=1e-5,
+                        help="AdamW's step size; you can change it while the run goes.")
     steps = whole_number("Steps", 30, 1, 2000, "ft_steps", where=c[1])
     batch = whole_number("Batch size", 4, 1, 64, "ft_batch", where=c[2])
     checkpoint_every = whole_number("Checkpoint every", 10, 1, 1000, "ft_ckpt", where=c[3],
@@ -83,10 +82,9 @@ if job is None:
     if mode == "lora":
         c = st.columns(4)
         extra["lora_r"] = whole_number("Rank r", 8, 0, 256, "ft_r", where=c[0])
-        extra["lora_alpha"] = float(c[1].number_input("alpha", min_value=0.0, max_value=1024.0, value=16.0,
-                                                      key="ft_alpha", help="the update B·A is scaled by alpha / r"))
-        extra["lora_dropout"] = float(c[2].number_input("Dropout", min_value=0.0, max_value=0.9, value=0.05,
-                                                        key="ft_dropout"))
+        extra["lora_alpha"] = decimal_number("alpha", 16.0, 0.0, 1024.0, "ft_alpha", where=c[1], step=1.0,
+                                             help="The update B·A is scaled by alpha / r.")
+        extra["lora_dropout"] = decimal_number("Dropout", 0.05, 0.0, 0.9, "ft_dropout", where=c[2], step=0.05)
         targets = list(core_ft.LORA_TARGETS)
         extra["lora_targets"] = c[3].selectbox("Target modules", targets, key=f"ft_targets_{lm.spec.key}",
                                                index=targets.index(ui_ft.default_targets(lm)),
@@ -104,7 +102,7 @@ if job is None:
                                                         "matrix, so it stays fixed as well.")
         st.caption("The lower blocks hold general features; training only the upper ones is cheaper and "
                    "changes less of what the model knew.")
-    if None in (steps, batch, checkpoint_every, extra.get("lora_r", 0), extra.get("freeze_layers", 0)):
+    if None in (lr, steps, batch, checkpoint_every, *extra.values()):
         explain()  # the box says what to type; nothing is counted or started with a number that is not one
         st.stop()
     cfg = core_ft.FinetuneConfig(mode=mode, learning_rate=float(lr), steps=steps, batch_size=batch,
@@ -140,7 +138,9 @@ if job is None:
     st.session_state.setdefault(name_key, store.default_run_name(lm.spec.source, mode))
     run_name = c[0].text_input("Run name", key=name_key,
                                disabled=resume, help="A folder under the runs folder; letters, digits, - _ .")
-    prompt = st.text_input("Your own prompt, answered before and after (optional)", key="ft_prompt", max_chars=300)
+    prompt = st.text_input("Your own prompt, answered before and after (optional)", key="ft_prompt")
+    prompt_fits = checked_text(lm, prompt, ui_ft.OWN_PROMPT_TOKENS, ui_ft.WHY_OWN_PROMPT, "prompt") \
+        if prompt.strip() else True
     if resume:
         chosen = next(r for r in runs if r["name"] == resume_from)
         stored = core_ft.FinetuneConfig(**{k: v for k, v in chosen["config"].items()
@@ -151,7 +151,8 @@ if job is None:
             st.stop()
         cfg, run_name = core_ft.FinetuneConfig(**{**stored.__dict__, "steps": more}), resume_from
         st.caption(f"{chosen['name']}: {chosen['mode']} at step {chosen['step']} of {chosen['steps']}.")
-    if st.button("▶ Start fine-tuning" if not resume else "▶ Resume", type="primary", key="ft_start"):
+    if st.button("▶ Start fine-tuning" if not resume else "▶ Resume", type="primary", key="ft_start",
+                 disabled=not prompt_fits):
         job = ui_ft.start(lm, cfg, run_name, (prompt,) if prompt.strip() else (), resume)
         if job is not None:
             st.rerun()  # the settings give way to the run
@@ -165,14 +166,11 @@ job_controls(job, "ft")
 snap = job.snapshot()
 if snap.status in ("running", "paused") and can_control(job):  # the owner's, and only once it runs
     c = st.columns([1, 1, 2])
-    new_lr = c[0].number_input("Learning rate now", min_value=0.0, max_value=1.0, format="%g",
-                               value=float(snap.controls.get("lr") or 1e-3), key="ft_live_lr")
-    if c[1].button("Apply", key="ft_apply_lr"):
-        if new_lr <= 0:
-            st.warning("The learning rate must be positive; it was not changed.")
-        else:
-            job.set_control("lr", float(new_lr), by=owner_id())
-            st.toast(f"Learning rate {new_lr:g} from the next step")
+    new_lr = decimal_number("Learning rate now", float(snap.controls.get("lr") or 1e-3), 1e-8, 1.0, "ft_live_lr",
+                            where=c[0], step=1e-5)
+    if c[1].button("Apply", key="ft_apply_lr", disabled=new_lr is None):
+        job.set_control("lr", new_lr, by=owner_id())
+        st.toast(f"Learning rate {new_lr:g} from the next step")
 
 
 def draw(s) -> None:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.decode import filters as core_filters
 from core.decode.beam import BeamSearch
-from core.decode.comparator import MAX_PAGE_PROMPT_TOKENS, WHY_PROMPT_CAP, compare, distinct_n
+from core.decode.comparator import MAX_PAGE_PROMPT_TOKENS, WHY_PROMPT_CAP, Comparison, compare, distinct_n
 from core.decode.filters import Filters
 from core.decode.strategies import MAX_BEAMS, MAX_SAMPLES, Strategy, make
 from core.models.capture import token_display
@@ -16,10 +16,12 @@ from ui import decoding as ui
 from ui.explain import how_computed
 from ui.inputs import checked_text, whole_number
 from ui.models import model_picker
+from ui.widgets import scroll_wide_charts
 
 DEFAULT_PROMPT = "The best way to learn a new language is"
 
 st.title("🎲 Decoding comparator")
+scroll_wide_charts()  # the beam tree's labels make it wider than a phone: it scrolls in its box, not the page
 lm = model_picker()
 st.markdown(
     "A language model only gives a **probability for every possible next token**; a *decoding strategy* "
@@ -40,8 +42,8 @@ samples = c3.slider("Samples per sampling strategy", 1, MAX_SAMPLES, 1, key="dec
 
 
 def choose_strategies() -> list[Strategy | str]:
-    """The strategy widgets; each slider moves only this fragment. A strategy whose own setting is not a
-    number it can use comes back as a note (its name and why), so only it is skipped."""
+    """The strategy widgets. A strategy whose own setting is not a number it can use comes back as a note (its
+    name and why), so only it is skipped."""
     st.markdown("**Strategies** (tick to include; the settings apply live once decoding has started)")
     cols = st.columns(4)
     picked: list[Strategy | str] = []
@@ -80,25 +82,32 @@ def choose_strategies() -> list[Strategy | str]:
     return picked
 
 
-@st.fragment
-def comparator() -> None:
-    strategies, skipped = ui.usable(choose_strategies())
-    if skipped:
-        st.warning("Skipped, the others run: " + "; ".join(skipped) + ".")
+def decoded(strategies: list[Strategy], skipped: list[str]) -> Comparison | None:
+    """The comparison once Decode has been pressed (then the settings apply live), else None after a note.
+    Not a fragment: the Cancel button under the progress bar must be able to stop the run (see ui.comparison)."""
+    if st.session_state.get(ui.CANCEL_KEY):  # the click that stopped the last decoding
+        st.session_state["dec_started"] = False
+        st.info("Decoding cancelled: nothing was kept. Shorten the prompt, lower the new tokens or the rows, "
+                "or press Decode to run it again.")
     if not st.session_state.get("dec_started"):
-        if st.button("▶ Decode", type="primary", key="dec_go", disabled=not prompt_fits or seed is None):
+        slot = st.empty()
+        if slot.button("▶ Decode", type="primary", key="dec_go", disabled=not prompt_fits or seed is None):
+            slot.empty()  # the progress bar and Cancel take its place
             st.session_state["dec_started"] = True
         else:
             st.caption(f"{sum(s.rows for s in strategies)} rows in one batch: press Decode to run them.")
-            return
+            return None
     if not strategies:
         st.info("Tick at least one strategy." if not skipped else "Fix the settings above: no strategy can run.")
-        return
+        return None
     if not prompt_fits or seed is None:
-        return  # the message sits under the prompt or the seed
-    result = ui.comparison(lm, prompt, strategies, max_new, seed)
-    if result is None:
-        return
+        return None  # the message sits under the prompt or the seed
+    return ui.comparison(lm, prompt, strategies, max_new, seed)
+
+
+@st.fragment
+def show(result: Comparison, strategies: list[Strategy]) -> None:
+    """The outputs, the step-through and the beam tree: their controls move only this fragment."""
     if result.notice:
         st.warning(result.notice)
     st.caption(f"{result.rows} rows, {result.forwards} forward passes (1 prefill of {len(result.prompt_ids)} "
@@ -159,14 +168,19 @@ def comparator() -> None:
         last = max(n.step for n in nodes) + 1
         shown = st.slider("Steps shown", 1, last, min(last, 10), key="dec_tree_steps") if last > 1 else 1
         node_df, edge_df = ui.tree_frames(lm, nodes, result.best_paths[s.name], shown)
-        st.altair_chart(ui.tree_chart(node_df, edge_df), width="stretch")
+        st.altair_chart(ui.tree_chart(node_df, edge_df), width="content")  # its own width: see ui.tree_chart
         st.caption(f"Each step keeps the {2 * s.num_beams} best candidates over all beams (ranked by log p so "
                    f"far): blue continue as beams, green end the text (EOS or the last step) and compete for "
                    f"the answer, grey are dropped. Orange: the returned text. Same token ids as "
                    f"`model.generate(num_beams={s.num_beams})` (tested).")
 
 
-comparator()
+strategies, skipped = ui.usable(choose_strategies())
+if skipped:
+    st.warning("Skipped, the others run: " + "; ".join(skipped) + ".")
+result = decoded(strategies, skipped)
+if result is not None:
+    show(result, strategies)
 
 how_computed(compare, BeamSearch.advance, core_filters.apply, core_filters.top_p, core_filters.min_p,
              command=f"python -m core compare {lm.spec.cli()} --text {shlex.quote(prompt[:200] or 'Hello')} "

@@ -12,7 +12,7 @@ from core.inspect.architecture import config_from_json_text
 from core.units import format_bytes, format_count, format_duration
 from ui import hardware as ui
 from ui.explain import how_computed
-from ui.inputs import whole_number
+from ui.inputs import decimal_number, whole_number
 from ui.models import model_picker
 from ui.widgets import scroll_wide_charts
 
@@ -147,8 +147,8 @@ if plan is not None:
 
     st.markdown("**Training**")
     t = st.columns(4)
-    tokens = t[0].number_input("Training tokens D", min_value=0.0, value=2e12 if plan.parameters > 1e9 else 2e9,
-                               format="%.3e", key="hw_tokens")
+    tokens = decimal_number("Training tokens D", 2e12 if plan.parameters > 1e9 else 2e9, 0.0, None, "hw_tokens",
+                            where=t[0], fmt="%.3e", help="Type 2e12 for two trillion.")
     mfu = t[1].slider("MFU", 0.05, 1.0, 0.4, 0.05, key="hw_mfu", help="Model FLOPs utilisation: the share of the "
                       "peak a real training run reaches (0.3–0.5 for large runs)")
     # Training is sized by its own memory (16 bytes per parameter + activations), not the serving plan's count.
@@ -171,8 +171,8 @@ if plan is not None:
              "total": format_bytes(x.total_bytes), f"{gpu.name}s for memory": -(-x.total_bytes // plan.gpu_memory_bytes)}
             for x in (full, lora) if x is not None]
     st.dataframe(rows, hide_index=True, width="stretch")
-    if n_gpus is None:
-        pass  # whole_number has said what to type
+    if n_gpus is None or tokens is None:
+        pass  # the box has said what to type
     elif tokens > 0:
         secs = core_planner.training_seconds(plan.parameters, tokens, gpu, mfu, n_gpus)
         st.markdown(f"6ND = 6 × {plan.parameters:,.3g} × {tokens:,.3g} = **{core_planner.training_flops(plan.parameters, tokens):.3g} FLOPs**; "

@@ -8,6 +8,7 @@ from core.hardware import scaling as core_scaling
 from ui import hardware_scaling as ui
 from ui.hardware import parameters_of_model
 from ui.explain import how_computed
+from ui.inputs import decimal_number
 from ui.models import model_picker
 
 MIN_BUDGET = 1e12  # below this the 20-tokens rule gives a model of under ~100k parameters
@@ -26,9 +27,11 @@ st.caption("Chinchilla's parametric fit (Hoffmann et al. 2022, approach 3): loss
 # ---------------------------------------------------------------- the calculator
 st.subheader("Compute-optimal model for a budget")
 c1, c2 = st.columns([2, 3])
-budget = c1.number_input("Training budget C (FLOPs)", min_value=0.0, value=5.76e23, format="%.3e", key="sc_budget",
-                         help="5.76e23 is the budget of Gopher and Chinchilla.")
-if budget <= 0:
+budget = decimal_number("Training budget C (FLOPs)", 5.76e23, 0.0, None, "sc_budget", where=c1, fmt="%.3e",
+                        help="5.76e23 is the budget of Gopher and Chinchilla.")
+if budget is None:
+    allocations = []  # the box has said what to type
+elif budget <= 0:
     st.warning("The budget must be above 0 FLOPs: C = 6ND needs some compute to spend.")
     allocations = []
 elif budget < MIN_BUDGET:
@@ -92,10 +95,12 @@ st.caption("Predicted loss from Chinchilla's fit, for orientation only: each mod
 # ---------------------------------------------------------------- your own point
 st.subheader("Your model")
 p1, p2 = st.columns(2)
-n = p1.number_input("Parameters N", min_value=0.0, value=float(parameters_of_model(lm)[0]),
-                    format="%.3e", key="sc_n", help="Defaults to the loaded model's parameter count.")
-d = p2.number_input("Training tokens D", min_value=0.0, value=2e12, format="%.3e", key="sc_d")
-if n > 0 and d > 0:
+n = decimal_number("Parameters N", float(parameters_of_model(lm)[0]), 0.0, None, "sc_n", where=p1, fmt="%.3e",
+                   help="Defaults to the loaded model's parameter count.")
+d = decimal_number("Training tokens D", 2e12, 0.0, None, "sc_d", where=p2, fmt="%.3e")
+if n is None or d is None:
+    pass  # the box has said what to type
+elif n > 0 and d > 0:
     st.markdown(f"C = 6ND = **{6 * n * d:.3e} FLOPs**; Chinchilla-predicted loss **{core_scaling.chinchilla_loss(n, d):.3f}** "
                 f"nats/token; {d / n:,.0f} tokens per parameter "
                 f"({'more' if d / n > core_scaling.TOKENS_PER_PARAM else 'fewer'} than the ~20 of compute-optimal).")
@@ -104,6 +109,6 @@ else:
 
 how_computed(core_scaling.chinchilla_optimal, core_scaling.twenty_tokens_rule, core_scaling.kaplan_optimal,
              core_scaling.chinchilla_loss,
-             command=f"python -m core chinchilla --compute {budget:.3e}",
+             command=f"python -m core chinchilla --compute {5.76e23 if budget is None else budget:.3e}",
              note="Published fits, evaluated here: no simulation. Known models from `data/known_models.csv` "
                   "(parameters and tokens as their papers state, a source per row); lab runs from the runs folder.")

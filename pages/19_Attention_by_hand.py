@@ -11,6 +11,7 @@ from core.inspect.architecture import config_dims
 from core.models.capture import InputError, token_display
 from ui import exercises as ui
 from ui.explain import how_computed
+from ui.inputs import whole_number
 from ui.models import model_picker
 from ui.text import md
 
@@ -36,16 +37,20 @@ def real_head() -> None:
         f"The same three steps, with the numbers of **{lm.name}**: the first three tokens of your text go "
         "through the model, and we read one head's query for the third token and the keys and values of all "
         "three.")
-    for key, limit in (("abh_layer", n_layers), ("abh_head", n_heads)):
-        if st.session_state.get(key, 0) >= limit:
-            st.session_state[key] = limit - 1
+    if st.session_state.get("abh_dims") != (n_layers, n_heads):  # another model: start inside its range
+        st.session_state["abh_dims"] = (n_layers, n_heads)
+        for key, limit in (("abh_layer", n_layers), ("abh_head", n_heads)):
+            if st.session_state.get(key, 0) >= limit:
+                st.session_state[key] = float(limit - 1)
     c1, c2, c3 = st.columns([2, 1, 1])
     text = c1.text_input("Text (its first three tokens are used)", "The cat sat on the mat", key="abh_text")
-    layer = c2.number_input("Layer", 0, n_layers - 1, 0, key="abh_layer")
-    head = c3.number_input("Head", 0, n_heads - 1, 0, key="abh_head")
+    # whole_number: Streamlit's integer box read "1e1" as 1 and showed layer 1 without a word
+    layer = whole_number("Layer", 0, 0, n_layers - 1, "abh_layer", where=c2)
+    head = whole_number("Head", 0, 0, n_heads - 1, "abh_head", where=c3)
     m = None
     try:
-        m = ui.model_attention(lm.spec.key, text, int(layer), int(head), lm)
+        if layer is not None and head is not None:  # else the box says what to type
+            m = ui.model_attention(lm.spec.key, text, layer, head, lm)
     except InputError as exc:
         st.info(str(exc))
     if m is not None:
@@ -67,7 +72,7 @@ def real_head() -> None:
                     + (f" (= 1/√{m.head_dim})" if abs(m.scaling - m.head_dim ** -0.5) < 1e-9 else "")
                     + ", softmax them into three weights, then compute the first dimension of the output "
                     "Σⱼ wⱼ vⱼ[1].")
-        key = f"abh_model_{abs(hash((lm.spec.key, text, int(layer), int(head)))) % 10**8}"
+        key = f"abh_model_{abs(hash((lm.spec.key, text, layer, head))) % 10**8}"
         typed = ui.answer_boxes(exercise, key)
         if st.button("Check", key=f"{key}_check", type="primary"):
             st.session_state[f"{key}_checked"] = True
@@ -99,9 +104,12 @@ if tabs["model"].open:
         real_head()
 
 state = st.session_state
+# The boxes may hold what they refuse (2.5, nothing): the command then shows 0, as the page's default does.
+layer, head = (int(v) if isinstance(v, (int, float)) and float(v).is_integer() else 0
+               for v in (state.get("abh_layer", 0), state.get("abh_head", 0)))
 how_computed(X.dot, X.softmax, X.weighted_sum, X.check, X.model_attention,
              command=f"python -m core by-hand {lm.spec.cli()} --text {shlex.quote(state.get('abh_text', 'The cat sat'))} "
-                     f"--layer {int(state.get('abh_layer', 0))} --head {int(state.get('abh_head', 0))}",
+                     f"--layer {layer} --head {head}",
              note="The exercises' numbers are drawn from a seed kept in your session, so a rerun never changes "
                   "them. The real head's q, k and v come from the model's own weights "
                   "(`core.inspect.stepwise.layer_by_hand`, which applies RoPE as the model does); the model's own "

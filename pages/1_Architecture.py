@@ -33,6 +33,7 @@ from ui.architecture import (
     text_view,
 )
 from ui.explain import how_computed
+from ui.inputs import too_long
 from ui.models import model_picker
 from ui.state import keep, share_link
 from ui.text import md
@@ -73,9 +74,9 @@ try:
     else:
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         with c1:
-            hub_id = keep(st.text_input, "Hub model id", placeholder="Qwen/Qwen2.5-0.5B", key="arch_hub_input",
-                          max_chars=200)
-        if c2.button("Fetch config", width="stretch") and hub_id.strip():
+            hub_id = keep(st.text_input, "Hub model id", placeholder="Qwen/Qwen2.5-0.5B", key="arch_hub_input")
+        long_id = too_long(hub_id, 200, "Hub model id")
+        if c2.button("Fetch config", width="stretch") and hub_id.strip() and not long_id:
             st.session_state[HUB_KEY] = hub_id.strip()
         if st.session_state.get(HUB_KEY):
             view = hub_view(st.session_state[HUB_KEY])
@@ -122,7 +123,7 @@ def block_diagram(view: View) -> None:
     st.subheader("The block diagram")
     st.caption("One layer is drawn; the dashed frame repeats it N times. Dashed arrows: the residual stream, "
                "rotary positions, and weights shared between boxes. "
-               f"Order of operations: {diagram.order_source}.")
+               f"Order of operations: {diagram.order_source}. On a narrow screen, scroll the diagram sideways.")
     for note in diagram.notes:
         st.info(note)
     blocks = {b.id: b for b in diagram.blocks}
@@ -130,7 +131,8 @@ def block_diagram(view: View) -> None:
     with st.columns([1, 1])[0]:
         chosen = keep(st.selectbox, "Inspect a block", ids, index=ids.index(default_block(diagram)), key="arch_block",
                       format_func=lambda i: blocks[i].title)
-    # The whole width for the diagram: squeezed beside the details its 10 pt labels came out at ~7 px.
+    # The whole width for the diagram: squeezed beside the details its 10 pt labels came out at ~7 px. On a phone
+    # it keeps its natural size and scrolls sideways in its box (ui.widgets.scroll_wide_charts), not shrunk to 6 px.
     st.graphviz_chart(to_dot(diagram, selected=chosen), width="stretch")
     block_details(blocks[chosen], diagram)
 

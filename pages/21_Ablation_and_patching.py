@@ -13,6 +13,7 @@ from core.models.capture import InputError, token_display
 from ui import circuits as ui
 from ui import state
 from ui.explain import how_computed
+from ui.inputs import too_long
 from ui.jobs import attached_job, job_controls, live_panel, start_job
 from ui.models import model_picker
 from ui.text import md
@@ -91,24 +92,27 @@ with tab_patch:
         "1 = fully restored. The measure is the logit difference target − contrast at the last position.")
 
     def use_preset() -> None:
-        preset = st.session_state.get("pt_preset")
+        preset = st.session_state.get("ap_preset")
         if preset in P.PRESETS:
             for key, value in zip(("pt_clean", "pt_corrupt", "pt_target", "pt_contrast"), P.PRESETS[preset]):
                 st.session_state[key] = value
 
     first = next(iter(P.PRESETS.values()))
-    preset = state.keep(st.selectbox, "Preset", [*P.PRESETS, OWN], key="pt_preset", on_change=use_preset)
+    preset = state.keep(st.selectbox, "Preset", [*P.PRESETS, OWN], key="ap_preset", on_change=use_preset)
     p1, p2 = st.columns(2)
-    clean = state.keep(p1.text_input, "Clean prompt", value=first[0], key="pt_clean", max_chars=2000)
-    corrupt = state.keep(p2.text_input, "Corrupted prompt", value=first[1], key="pt_corrupt", max_chars=2000)
+    clean = state.keep(p1.text_input, "Clean prompt", value=first[0], key="pt_clean")
+    corrupt = state.keep(p2.text_input, "Corrupted prompt", value=first[1], key="pt_corrupt")
     p3, p4, p5 = st.columns([1, 1, 2])
-    target = state.keep(p3.text_input, "Target (clean answer)", value=first[2], key="pt_target", max_chars=100)
-    contrast = state.keep(p4.text_input, "Contrast (corrupted answer)", value=first[3], key="pt_contrast",
-                          max_chars=100)
+    target = state.keep(p3.text_input, "Target (clean answer)", value=first[2], key="pt_target")
+    contrast = state.keep(p4.text_input, "Contrast (corrupted answer)", value=first[3], key="pt_contrast")
     what = state.keep(p5.radio, "Patch", list(WHAT), format_func=WHAT.get, key="pt_what")
     args = (clean, corrupt, target, contrast, what)
     problem = None
+    long = [too_long(t, n, label) for t, n, label in ((clean, 2000, "Clean prompt"), (corrupt, 2000, "Corrupted prompt"),
+                                                      (target, 100, "Target"), (contrast, 100, "Contrast"))]
     try:
+        if any(long):
+            raise InputError("Shorten the box marked above; nothing is patched until then.")
         ids_clean, ids_corrupt = P.prompt_ids(lm, clean, corrupt, ui.MAX_TOKENS)
         if not target.strip() or not contrast.strip():
             problem = "Type a target and a contrast answer (a word each; its first token is used)."

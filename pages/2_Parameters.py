@@ -76,10 +76,10 @@ else:
 
 st.subheader("Memory of the weights")
 st.dataframe(ui.memory_frame(memory), hide_index=True, width="stretch")
-st.caption(f"Weights only: parameters × bytes per weight ({total:,} parameters). The quantized rows add an "
-           "estimate of their scales (int8: one float32 scale per output row of each matrix; 4-bit: one "
-           "float32 absmax per block of 64 weights, NF4 without double quantization). Libraries often keep "
-           "embeddings and norms in 16 bit; that is not modelled. Activations and the KV cache come on top. "
+st.caption(f"Weights only, counted tensor by tensor ({total:,} parameters, tied weights once). The quantized "
+           "rows are bitsandbytes' layouts: only the linear layers are quantized (int8 with one float32 scale "
+           "per output row; NF4 with one float32 absmax per block of 64 weights); embeddings, the LM head, norms "
+           "and biases stay in bfloat16. Activations and the KV cache come on top. "
            f"Loaded now: {lm.precision}, {format_bytes(lm.memory_bytes())} reported by the model.")
 
 # ---------------------------------------------------------------- statistics of every matrix

@@ -90,16 +90,35 @@ def browser():
         yield b
 
 
+# The time of the page's last DOM change, kept by a MutationObserver from the first byte on.
+OBSERVER = """window.__lastMutation = performance.now();
+new MutationObserver(() => { window.__lastMutation = performance.now(); })
+  .observe(document, {subtree: true, childList: true, attributes: true, characterData: true});"""
+QUIET = """ms => { const app = document.querySelector("[data-testid='stApp']");
+  return app && app.getAttribute('data-test-script-state') === 'notRunning'
+    && performance.now() - window.__lastMutation >= ms; }"""
+
+
+def watch_changes(page) -> None:
+    """Call before the first goto: `quiet` then knows when the page last changed."""
+    page.add_init_script(OBSERVER)
+
+
+def quiet(page, ms: int = 500, timeout_s: float = 180) -> None:
+    """The script has finished and nothing on the page changed for `ms`: charts and images drawn, and a rerun
+    that a widget starts just after a run has come and gone (a fixed 1.5 s wait did this before, slower)."""
+    page.wait_for_selector("h1", timeout=timeout_s * 1000)
+    page.wait_for_function(QUIET, arg=ms, timeout=timeout_s * 1000, polling=100)
+
+
 def open_and_shoot(browser, url: str, name: str) -> list[str]:
     page = browser.new_page(viewport={"width": 1400, "height": 2600})
+    watch_changes(page)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
         page.goto(url, wait_until="domcontentloaded")
-        page.wait_for_selector("h1", timeout=180_000)
-        page.wait_for_selector(DONE, timeout=180_000)
-        page.wait_for_timeout(1500)  # charts and images finish drawing after the script ends
-        page.wait_for_selector(DONE, timeout=180_000)
+        quiet(page)
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
         exceptions = page.locator("[data-testid='stException']").all_inner_texts()

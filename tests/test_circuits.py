@@ -340,3 +340,41 @@ def test_cli_commands(capsys, load):
     assert "same number of tokens" in capsys.readouterr().err
     assert main(["ablate", "--model", "tiny-llama", "--text", TEXT, "--heads", "x"]) == 2
     assert parse_heads("3.1, 5.0") == [(3, 1), (5, 0)]
+
+
+# ---------------------------------------------------------------- a trained lab run
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_every_part_on_a_trained_lab_run(style, tmp_path):
+    """A Pre-training run (character tokenizer) exported to its stock class and opened by the lab's loader:
+    DLA sums to its logit, all heads off equals all attention layers off, patching ends restore 1,
+    head-role scores and the contribution graph have its shape."""
+    from dataclasses import replace
+
+    from core.models.loading import ModelSpec, load_model
+    from core.train.config import TrainConfig
+    from core.train.export import export_run
+    from core.train.pretrain import Trainer, make_accelerator, prepare_data
+
+    switches = {"norm": "rmsnorm", "position": "rope", "mlp": "swiglu"} if style == "llama" else {}
+    config = replace(TrainConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=30,
+                                 max_chars=30_000, sample_interval=0), **switches)
+    trainer = Trainer(config, prepare_data(config), make_accelerator())
+    for _ in range(30):
+        trainer.train_step()
+    export_run(trainer.raw, trainer.data, tmp_path / "model")
+    lm = load_model(ModelSpec(str(tmp_path / "model")))
+    text = "First Citizen:\nBefore we proceed"
+    a = D.direct_logit_attribution(lm, text)
+    assert a.heads.shape == (2, 2) and a.ok
+    every = tuple((l, h) for l in range(2) for h in range(2))
+    by_heads, by_layers = (A.ablate(lm, text, A.Ablation(heads=every)),
+                           A.ablate(lm, text, A.Ablation(attn_layers=(0, 1))))
+    if style == "llama":  # no o_proj bias: every head off is every attention layer off
+        assert abs(by_heads.logit_after - by_layers.logit_after) < 1e-5
+    assert by_heads.kl > 0
+    r = P.activation_patching(lm, "First Citizen:", "Second Citizen", ":", "\n", "resid")
+    assert abs(float(r.restored[-1, -1]) - 1.0) < 1e-5
+    assert R.head_roles(lm, "induction", length=12, seed=0).scores.shape == (2, 2)
+    assert G.contribution_graph(lm, text).reconstruction_error < 1e-4

@@ -83,7 +83,7 @@ def test_patching_page_inline_and_bad_input():
     at.button(key="pt_run").click().run()
     assert_clean(at)
     assert any("same token" in e.value for e in at.info)
-    at.selectbox(key="pt_preset").set_value("Names (IOI)").run()
+    at.selectbox(key="ap_preset").set_value("Names (IOI)").run()
     assert at.text_input(key="pt_target").value == " Mary"
 
 
@@ -134,4 +134,4 @@ def test_pages_in_the_circuits_section():
 
     sections = list(dict.fromkeys(p.section for p in PAGES))
     assert sections.index("Circuits") == sections.index("Attention & weights") + 1
-    assert {p.path for p in PAGES if p.section == "Circuits"} == {DLA, ABL, GRAPH, ROLES}
+    assert {p.path for p in PAGES if p.section == "Circuits"} == {DLA, ABL, GRAPH, ROLES, "pages/24_Encoder_attention.py"}

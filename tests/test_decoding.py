@@ -182,6 +182,33 @@ def test_beam_tree_records_every_candidate(load):
     assert nodes[path[-1]].status == "finished"
 
 
+def test_progress_counts_forward_passes_and_a_raise_stops_between_tokens(load):
+    """Issue 20: the page's Cancel works by raising inside `progress` (a click's rerun does): the decoding
+    must stop right there, before its next forward pass, not after all of them."""
+    lm = load("tiny-llama")
+    passes: list[int] = []
+    hook = lm.model.register_forward_hook(lambda *_: passes.append(1))
+    strategies = [S.make("greedy"), S.make("beam", num_beams=2), S.make("top_p", samples=2)]
+    try:
+        calls: list[tuple[int, int]] = []
+        result = compare(lm, PROMPT, strategies, 6, progress=lambda done, total: calls.append((done, total)))
+        assert calls == [(i, 6) for i in range(1, result.forwards + 1)] and len(passes) == result.forwards
+
+        class Cancelled(Exception):
+            pass
+
+        def cancel_at_3(done: int, total: int) -> None:
+            if done == 3:
+                raise Cancelled
+
+        passes.clear()
+        with pytest.raises(Cancelled):
+            compare(lm, PROMPT, strategies, 64, progress=cancel_at_3)
+        assert len(passes) == 3  # the prefill and two steps, of 64
+    finally:
+        hook.remove()
+
+
 def test_distinct_n_known_values():
     assert distinct_n([[1, 2, 1, 2]], 1) == 0.5
     assert distinct_n([[1, 2, 1, 2]], 2) == pytest.approx(2 / 3)
@@ -238,3 +265,69 @@ def test_page_decodes_and_explains_bad_settings():
     at.text_area(key="dec_prompt").set_value("").run()
     assert_clean(at)
     assert any("prompt is empty" in w.value for w in at.warning)
+
+
+def test_page_decoding_shows_progress_and_cancel_stops_it(monkeypatch):
+    """Issue 20: a long decoding showed a spinner and nothing else. Now a progress bar counts the forward passes
+    beside a Cancel button; a click stops the run (in the browser, the click's rerun stops the script at the
+    bar's next update: tests/test_browser_layout.py). Here the first run ends at the bar, as that click ends it,
+    and the run the click starts decodes nothing and offers Decode again."""
+    import streamlit as st
+
+    import ui.decoding as ui_dec
+
+    real = ui_dec.compare
+
+    def interrupted(lm, text, strategies, max_new_tokens, seed, progress=None):
+        progress(1, max_new_tokens)
+        st.stop()  # the run ends here with the bar and Cancel drawn, like a run a click interrupts
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the run after Cancel decoded")
+
+    monkeypatch.setattr(ui_dec, "compare", interrupted)
+    at = run_page("pages/13_Decoding.py")
+    at.text_area(key="dec_prompt").set_value("Only this test decodes this prompt, so nothing is cached").run()
+    at.button(key="dec_go").click().run()
+    assert_clean(at)
+    bars = [p.proto.text for p in at.get("progress")]
+    assert bars and "forward pass 1 of 32" in bars[0], bars
+    assert any(b.key == "dec_cancel" for b in at.button)
+    monkeypatch.setattr(ui_dec, "compare", must_not_run)
+    at.button(key="dec_cancel").click().run()
+    assert_clean(at)
+    assert any("Decoding cancelled" in i.value for i in at.info)
+    assert not at.get("progress") and not at.dataframe
+    assert not at.button(key="dec_go").disabled  # Decode again, with the same settings
+    at.run()  # the next rerun (another widget moved) no longer reads the click
+    assert not any("Decoding cancelled" in i.value for i in at.info) and not at.get("progress")
+    monkeypatch.setattr(ui_dec, "compare", real)
+    at.button(key="dec_go").click().run()
+    assert_clean(at)
+    assert len(at.dataframe[0].value) == 6 and not at.get("progress")
+
+
+def test_a_large_decoding_is_admitted_against_the_memory_budget(monkeypatch, load):
+    """A batch whose KV cache passes HEAVY_BYTES waits for room like a job (48 rows x 640 tokens of the embedded
+    model is ~1.4 GB); a server without room says so on the page instead of decoding into it."""
+    import contextlib
+
+    import ui.decoding as ui_dec
+    from core.jobs import JobLimitError
+
+    tiny = load("tiny-llama")  # 2 layers x 2 KV heads x 16 dims x K and V x 4 bytes = 512 bytes a token a row
+    n = len(tiny.encode("Hello world"))
+    assert ui_dec.decoding_peak_bytes(tiny, "Hello world", 3, 10) == 512 * (n + 10) * 3 + 2 * 4 * 3 * 49_152
+
+    @contextlib.contextmanager
+    def full(peak_bytes, label, timeout_s=60.0):
+        raise JobLimitError(f"The server is busy (memory); {label} did not start. Try again in a minute.")
+        yield
+
+    monkeypatch.setattr(ui_dec, "HEAVY_BYTES", 0)
+    monkeypatch.setattr(ui_dec.REGISTRY, "heavy", full)
+    at = run_page("pages/13_Decoding.py")
+    at.text_area(key="dec_prompt").set_value("A prompt only this test decodes, so nothing is cached").run()
+    at.button(key="dec_go").click().run()
+    assert_clean(at)
+    assert any("the decoding did not start" in w.value for w in at.warning)

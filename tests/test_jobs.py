@@ -206,3 +206,26 @@ def test_job_ids_are_unguessable_and_only_found_by_id():
     job = reg.start("count", "a", counting_work(1))
     assert len(job.id) >= 12
     assert reg.get(job.id) is job and reg.get("nope") is None and reg.get(None) is None
+
+
+def test_a_queued_panel_polls_less_often_than_a_running_one(monkeypatch):
+    """28 of a class's 30 panels wait in the queue: they refresh every 3 s, the running ones every second."""
+    import ui.jobs
+
+    reg = JobRegistry(max_running=1)
+    gate = threading.Event()
+    running = reg.start("count", "a", counting_work(2, gate), total_steps=2)
+    queued = reg.start("count", "b", counting_work(1))
+    intervals = []
+
+    def fragment(run_every=None):
+        intervals.append(run_every)
+        return lambda fn: (lambda: None)  # the panel's body needs a script run; its interval is what counts
+
+    monkeypatch.setattr(ui.jobs.st, "fragment", fragment)
+    ui.jobs.live_panel(running, lambda snap: None)
+    ui.jobs.live_panel(queued, lambda snap: None)
+    assert intervals == [1.0, ui.jobs.QUEUED_EVERY_S] and ui.jobs.QUEUED_EVERY_S == 3.0
+    gate.set()
+    running.wait(10)
+    queued.wait(10)

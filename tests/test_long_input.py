@@ -175,6 +175,21 @@ def test_finetune_steps_box_takes_scientific_notation_and_says_what_is_wrong():
     assert not any(b.key == "ft_start" for b in at.button)  # nothing starts with the old value
 
 
+def test_finetune_own_prompt_of_20000_characters_gets_the_cap():
+    """The own-prompt box cut a paste at 300 characters without a word (max_chars); it states its cap now and
+    refuses the text with the cap message, so the run does not start with a prompt the user did not type."""
+    at = run_page("pages/11_Fine_tuning.py", "embedded")
+    assert_clean(at)
+    at, seconds, grown = send_long(at, "text_input", "ft_prompt")
+    assert_clean(at)
+    assert at.text_input(key="ft_prompt").value == LONG  # nothing silently dropped
+    assert capped(at, "128") and "answered before and after" in " ".join(w.value for w in at.warning)
+    assert at.button(key="ft_start").disabled
+    assert seconds < SECONDS and grown < BUDGET_MIB, (seconds, grown)
+    at.text_input(key="ft_prompt").set_value("Name three colours.").run()
+    assert any("tokens · at most 128" in c.value for c in at.caption) and not at.button(key="ft_start").disabled
+
+
 def test_finetune_trainable_metric_fits_its_box():
     at = run_page("pages/11_Fine_tuning.py", "embedded", ft_mode="full")
     assert_clean(at)
@@ -227,3 +242,32 @@ def test_a_link_to_a_running_dpo_job_opens_on_dpo_with_the_job_and_no_second_sta
     finally:
         release.set()
         job.stop()
+
+
+def _warned(at, words: str) -> bool:
+    return any(words in w.value for w in at.warning)
+
+
+def test_short_boxes_keep_a_long_paste_and_say_why_nothing_uses_it():
+    """Boxes with Streamlit's max_chars threw a longer paste away whole and kept their old text, silently (the
+    issue's "drops a paste silently"): the paste stays, a message says the box's limit, nothing runs with it."""
+    at = run_page("pages/20_Logit_attribution.py", "tiny-llama")
+    at.text_input(key="dla_target").set_value("x" * 150).run()
+    assert_clean(at)
+    assert _warned(at, "Target token: 150 characters, more than the 100") and not at.get("vega_lite_chart")
+
+    at = run_page("pages/21_Ablation_and_patching.py", "tiny-llama", ap_tab="Activation patching")
+    at.text_input(key="pt_clean").set_value(LONG[:3000]).run()
+    assert_clean(at)
+    assert _warned(at, "Clean prompt: 3,000 characters, more than the 2,000")
+
+    at = run_page("pages/1_Architecture.py", "tiny-llama", arch_source="A Hugging Face Hub config")
+    at.text_input(key="arch_hub_input").set_value("a/" + "b" * 300).run()
+    assert_clean(at)
+    assert _warned(at, "Hub model id: 302 characters, more than the 200")
+
+    at = run_page("pages/12_RLHF.py", "tiny-llama", rlhf_step="3 · PPO")
+    at.selectbox(key="rlhf_ppo_reward").set_value("contains").run()
+    at.text_input(key="rlhf_ppo_word").set_value("w" * 60).run()
+    assert_clean(at)
+    assert _warned(at, "Word: 60 characters, more than the 40") and at.button(key="rlhf_ppo_go").disabled

@@ -45,17 +45,22 @@ def test_tying_on_embedded_and_a_copy(embedded):
 
 
 @pytest.mark.embedded
-def test_weight_memory_from_the_count(load, embedded):
+def test_weight_memory_counts_tensor_by_tensor(load, embedded):
     for lm in (load("tiny-qwen2"), embedded):
         total = count_parameters(lm.model)["total"]
         table = {row["format"]: row for row in weight_memory(lm.model)}
         assert table["float32"]["weights_bytes"] == 4 * total
         assert table["bfloat16"]["total_bytes"] == 2 * total
-        assert table["int8"]["weights_bytes"] == total
-        assert table["4-bit"]["weights_bytes"] == total // 2
-    # Embedded: int8 scales are one float32 per output row of every 2-D matrix (tied embedding once).
-    rows = sum(p.shape[0] for p in embedded.model.parameters() if p.dim() == 2)
-    assert table["int8"]["scales_bytes"] == 4 * rows
+    # Embedded: bitsandbytes quantizes the linear layers only; the tied embedding (28,311,552 = 49,152 x 576)
+    # and the norms stay in bfloat16, so int8 is not "1 byte per parameter" (the count this page used to show).
+    linear = [m.weight for m in embedded.model.modules() if isinstance(m, torch.nn.Linear)
+              and m is not embedded.model.get_output_embeddings()]
+    quantized = sum(w.numel() for w in linear)
+    assert total - quantized == 28_311_552 + 61 * 576
+    assert table["int8"]["weights_bytes"] == quantized + 2 * (total - quantized)
+    assert table["int8"]["scales_bytes"] == 4 * sum(w.shape[0] for w in linear)
+    assert table["4-bit (NF4)"]["weights_bytes"] == quantized // 2 + 2 * (total - quantized)
+    assert table["4-bit (NF4)"]["scales_bytes"] == 4 * sum(-(-w.numel() // 64) for w in linear)
     assert table["float32"]["weights_bytes"] == 4 * 134_515_008
 
 
@@ -109,8 +114,10 @@ def test_page_runs_on_embedded(embedded):
     assert metrics["Embedding share"] == f"{49152 * 576 / 134_515_008:.1%}"
     assert metrics["Tied embeddings"] == "yes"
     memory = at.dataframe[0].value
-    assert list(memory["format"]) == ["float32", "bfloat16", "int8", "4-bit"]
+    assert list(memory["format"]) == ["float32", "bfloat16", "int8", "4-bit (NF4)"]
     assert memory.iloc[0]["weights"] == "513.1 MiB"  # 134,515,008 x 4 bytes, binary units
+    # int8: 106,168,320 linear weights x 1 byte + 28,346,688 others x 2 bytes (not 134.5 M x 1 byte)
+    assert memory.iloc[2]["weights"] == "155.3 MiB"
     assert len(at.dataframe[1].value) == 272
     at.selectbox(key="p_stat").set_value("frobenius").run()
     assert_clean(at)

@@ -269,3 +269,19 @@ def test_architecture_command_gives_the_metrics(capsys):
     kv = out["kv_cache_per_token"]
     assert metrics["KV cache per token"] == f"{kv['bytes']:,.0f} B"  # in {kv['dtype']}, the selectbox above it
     assert metrics["Heads / KV heads"] == f"{out['features']['heads']} / {out['features']['kv_heads']}"
+
+
+def test_no_widget_key_is_used_by_two_pages():
+    """Kept widgets persist across pages (persist_state="session") and in the URL, so a key used on two pages
+    hands one page's value to the other (Ablation's preset "Names (IOI)" reached Pre-training's preset box)."""
+    import re
+
+    from tests_paths import ROOT
+
+    owners: dict[str, set[str]] = {}
+    for path in [*sorted((ROOT / "pages").glob("*.py")), *sorted((ROOT / "ui").glob("*.py")), ROOT / "Home.py"]:
+        code = re.sub(r'"""(.|\n)*?"""', "", path.read_text())  # docstrings mention keys as examples
+        for key in re.findall(r'\bkey\s*=\s*"([^"{]+)"', code):
+            owners.setdefault(key, set()).add(path.name)
+    shared = {k: sorted(v) for k, v in owners.items() if len(v) > 1}
+    assert not shared, shared

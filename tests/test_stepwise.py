@@ -44,6 +44,31 @@ def test_parity_every_layer_tiny(tiny):
     assert_parity(tiny, sw.parity(tiny, capture_for(tiny), chained=True))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chained_check_is_forward_by_hand_with_each_layers_weights_copied_once(dtype, monkeypatch):
+    """parity runs the chained pass layer by layer beside the checks, sharing each layer's float32 copies:
+    the same figure as forward_by_hand alone, and in bf16 one copy per parameter instead of two."""
+    from core.models.loading import load_model, parse_spec
+
+    lm = load_model(parse_spec("tiny-llama", dtype))
+    cap = capture_for(lm)
+    alone = sw._diff(sw.forward_by_hand(lm, cap.ids).logits, cap.logits)
+    copies, params = [], {p.data_ptr() for p in lm.model.parameters()}
+    real_to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        out = real_to(self, *args, **kwargs)
+        if self.data_ptr() in params and out.data_ptr() != self.data_ptr():
+            copies.append(self.data_ptr())
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    p = sw.parity(lm, cap, chained=True)
+    assert p.chained_logits == alone
+    if dtype == "bfloat16":  # every parameter used by the hand pass converted exactly once per parity
+        assert copies and len(copies) == len(set(copies))
+
+
 @pytest.mark.embedded
 def test_parity_every_layer_embedded(embedded):
     cap = capture_for(embedded, TEXT + " Emoji 🌍 and 中文 too.")

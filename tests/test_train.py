@@ -281,10 +281,12 @@ def test_cli_short_run_and_resume(tmp_path, capsys):
     result = json.loads(out)
     assert result["step"] == 4 and result["exported"] and result["parameters"] > 0
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header[:7] == ["step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
+    assert header[:8] == ["step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "tokens"]
     code, out, err = _cli(capsys, "train", "--out", str(tmp_path / "run"), "--resume", "--max-iters", "6")
     assert code == 0, err
     assert json.loads(out)["step"] == 6 and len(ckpt.read_metrics(tmp_path / "run")) == 6
+    per_step = SMALL.batch_size * SMALL.block_size * SMALL.gradient_accumulation_steps
+    assert [r["tokens"] for r in ckpt.read_metrics(tmp_path / "run")] == [per_step * s for s in range(1, 7)]
     assert "step 6: train loss" in err  # progress on stderr, JSON alone on stdout
 
 
@@ -315,7 +317,16 @@ def test_torchrun_two_processes_write_one_checkpoint(tmp_path):
     result = json.loads(out.stdout)  # one JSON object: only the main process prints
     assert result["processes"] == 2 and "MULTI_CPU" in result["distributed"]
     assert [d.name for d in (tmp_path / "ddp" / "checkpoints").iterdir()] == ["step-000002"]
-    assert [r["step"] for r in ckpt.read_metrics(tmp_path / "ddp")] == [1, 2]
+    rows = ckpt.read_metrics(tmp_path / "ddp")
+    assert [r["step"] for r in rows] == [1, 2]
+    # Each process trains on its own batches: the run saw both processes' tokens, in metrics, run.json and on
+    # the Scaling laws page.
+    per_step = 2 * SMALL.batch_size * SMALL.block_size * SMALL.gradient_accumulation_steps
+    assert [r["tokens"] for r in rows] == [per_step, 2 * per_step] and result["tokens"] == 2 * per_step
+    assert json.loads((tmp_path / "ddp" / "run.json").read_text())["tokens"] == 2 * per_step
+    from core.hardware.scaling import training_runs
+
+    assert [p["tokens"] for p in training_runs(tmp_path)] == [2 * per_step]
 
 
 # ---------------------------------------------------------------- the page

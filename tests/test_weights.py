@@ -170,6 +170,19 @@ def test_disk_cache_round_trip(load, tmp_path):
         np.testing.assert_array_equal(warm.hist_counts[k], cold.hist_counts[k])
     np.testing.assert_array_equal(warm.table["std"], cold.table["std"])
     assert W.fingerprint(model) != W.fingerprint(load("tiny-qwen2").model)
+    # Read back without Python's parser (numpy's .npz header is parsed with ast, unsafe beside a compiling
+    # thread on CPython 3.11); a damaged file is recomputed, not an error.
+    import ast
+
+    path = W.cache_file(model, "tiny-llama|float32|auto|none", root=tmp_path)
+    real_parse = ast.parse
+    try:
+        ast.parse = lambda *a, **k: pytest.fail("the cache was read with Python's parser")
+        assert W.weight_stats(model, "tiny-llama|float32|auto|none", cache_dir=tmp_path).source == "disk cache"
+    finally:
+        ast.parse = real_parse
+    path.write_bytes(b"not a file of statistics")
+    assert W.weight_stats(model, "tiny-llama|float32|auto|none", cache_dir=tmp_path).source == "computed"
 
 
 # ---------------------------------------------------------------- one matrix up close

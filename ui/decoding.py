@@ -1,6 +1,11 @@
-"""Cached wrapper and charts for the Decoding comparator page (no math: that lives in core/decode)."""
+"""Shared results with a progress bar and Cancel, and charts, for the Decoding comparator page (no math: that lives in
+core/decode)."""
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
 
 import altair as alt
 import pandas as pd
@@ -9,16 +14,40 @@ import streamlit as st
 from core.decode.beam import BeamNode
 from core.decode.comparator import Comparison, Step, compare, distinct_n
 from core.decode.strategies import Strategy
+from core.jobs import REGISTRY, JobLimitError
 from core.models.capture import InputError, token_display
+from core.models.memory import kv_cache_bytes
 from core.models.loading import LoadedModel
 
 STATUS_COLOURS = {"kept": "#1c7ed6", "finished": "#37b24d", "pruned": "#adb5bd"}
+CANCEL_KEY = "dec_cancel"
 
 
-@st.cache_resource(show_spinner=False, max_entries=16, ttl=3600)
-def _cached_compare(key: str, text: str, strategies: tuple[Strategy, ...], max_new_tokens: int, seed: int,
-                    _lm: LoadedModel) -> Comparison:
-    return compare(_lm, text, list(strategies), max_new_tokens, seed)
+class _Shared:
+    """Finished comparisons for every session (a class decodes the same default prompt), newest last.
+
+    Not st.cache_*: the decoding draws its progress bar as it goes, and a cached function's drawing is
+    replayed on a hit, which a progress bar created outside it cannot be."""
+
+    def __init__(self, size: int = 16):
+        self.size, self.lock, self.items = size, threading.Lock(), OrderedDict()
+
+    def get(self, key: tuple) -> Comparison | None:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+            return self.items.get(key)
+
+    def put(self, key: tuple, value: Comparison) -> None:
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def _shared() -> _Shared:
+    return _Shared()
 
 
 def usable(picked: list[Strategy | str]) -> tuple[list[Strategy], list[str]]:
@@ -37,17 +66,49 @@ def usable(picked: list[Strategy | str]) -> tuple[list[Strategy], list[str]]:
     return ok, skipped
 
 
+# A decoding whose KV cache and logits pass this is admitted against the server's memory budget like a job (48
+# rows x 640 tokens of the embedded model hold ~1.4 GB of cache); smaller ones run at once, side by side.
+HEAVY_BYTES = 256 * 2**20
+
+
+def decoding_peak_bytes(lm: LoadedModel, text: str, rows: int, max_new_tokens: int) -> int:
+    """The batch's KV cache after prompt + new tokens (windows honoured) and two [rows, vocab] float32 logits."""
+    tokens = len(lm.encode(text)) + max_new_tokens
+    kv = kv_cache_bytes(lm.config, tokens, rows, lm.model.dtype).bytes or 0
+    return int(kv + 2 * 4 * rows * lm.model.get_output_embeddings().weight.shape[0])
+
+
 def comparison(lm: LoadedModel, text: str, strategies: list[Strategy], max_new_tokens: int,
                seed: int) -> Comparison | None:
-    """The comparison (shared, read-only), or None after telling the user what to change."""
+    """The comparison (shared, read-only), or None after telling the user what to change.
+
+    A new one shows a progress bar (one step per forward pass) and a Cancel button: a click on it, like any
+    click, starts a rerun, which stops this script at its next progress update (the page then sees the button
+    pressed and decodes nothing). So this must run outside a fragment: a click inside one waits for the run."""
+    key = (lm.spec.key, text, tuple(strategies), max_new_tokens, seed)
+    done = _shared().get(key)
+    if done is not None:
+        return done
+    rows = sum(s.rows for s in strategies)
+    box = st.empty()
     try:
-        for s in strategies:
-            s.check()
-        with st.spinner(f"Decoding {sum(s.rows for s in strategies)} rows as one batch…"):
-            return _cached_compare(lm.spec.key, text, tuple(strategies), max_new_tokens, seed, lm)
-    except (InputError, ValueError) as exc:
+        with box.container():
+            st.button("✖ Cancel", key=CANCEL_KEY, help="Stops the decoding after the current forward pass.")
+            bar = st.progress(0.0, text=f"Decoding {rows} rows as one batch…")
+
+            def progress(step: int, total: int) -> None:
+                bar.progress(step / total, text=f"Decoding {rows} rows as one batch: forward pass {step} of {total}")
+
+            peak = decoding_peak_bytes(lm, text, rows, max_new_tokens)
+            with REGISTRY.heavy(peak, "the decoding") if peak > HEAVY_BYTES else contextlib.nullcontext():
+                result = compare(lm, text, strategies, max_new_tokens, seed, progress=progress)
+    except (InputError, ValueError, JobLimitError) as exc:
+        box.empty()
         st.warning(str(exc))
         return None
+    box.empty()
+    _shared().put(key, result)
+    return result
 
 
 def summary_table(lm: LoadedModel, result: Comparison) -> pd.DataFrame:
@@ -128,6 +189,8 @@ def tree_chart(nodes: pd.DataFrame, edges: pd.DataFrame) -> alt.LayerChart:
         x="step:Q", y=y, text="token:N",
         color=alt.condition("datum.best", alt.value("#e8590c"), alt.value("#495057")))
     rows = int(nodes["y"].max()) + 1 if len(nodes) else 1
-    # pad: the height is the plot area's, not squeezed by the axes and the legend
-    return alt.layer(lines, points, text).properties(height=max(160, 36 * rows), width="container",
+    # A step's token labels need ~65 px: squeezed to a phone's width they overlapped, so the width follows the
+    # steps shown and a narrow screen scrolls the chart in its box. pad: the height is the plot area's, not
+    # squeezed by the axes and the legend.
+    return alt.layer(lines, points, text).properties(height=max(160, 36 * rows), width=max(320, 66 * (last + 1)),
                                                      autosize=alt.AutoSizeParams(type="pad"))

@@ -23,6 +23,10 @@ from ui.text import md
 
 JOB_PARAM = "finetune"  # the URL key holding the run's job id
 NO_TEXT = "(no text: only an end or special token)"
+# The user's own prompt is answered twice inside the job (before and after training) and shown in the table; the
+# box used to cut a paste at 300 characters without a word. About 500 characters fit; a longer one is refused.
+OWN_PROMPT_TOKENS = 128
+WHY_OWN_PROMPT = "it is answered before and after training, beside the held-out prompts"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

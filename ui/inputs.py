@@ -3,9 +3,14 @@
 A forward pass over 512 tokens is cheap; a PPO step keeps every layer's activations of the whole prompt for
 its backward pass, and a 20,000-character prompt once took 24 GB and the server with it. So each box states its
 cap and the token count under it, and text over the cap is refused with a message before any model work.
+
+Number boxes (`whole_number`, `decimal_number`) take what is typed (1e5, 3e-4, -5) and say on the page, not in a
+tooltip, what range they accept; the work behind a box waits while it holds something else.
 """
 
 from __future__ import annotations
+
+import math
 
 import streamlit as st
 
@@ -54,6 +59,18 @@ def checked_text(lm: LoadedModel, text: str, work_cap: int, why: str, what: str 
     return False
 
 
+def too_long(text: str, limit: int, label: str, where=st) -> bool:
+    """A short box (an id, a word, a token) over `limit` characters: say so under it and return True.
+
+    Streamlit's own `max_chars` throws a longer paste away whole and keeps the old text without a word; this
+    keeps what was pasted and says why nothing uses it."""
+    if len(text) <= limit:
+        return False
+    where.warning(f"{label}: {len(text):,} characters, more than the {limit:,} this box takes; shorten it "
+                  "(nothing below uses it until then).")
+    return True
+
+
 # ---------------------------------------------------------------- number boxes
 
 
@@ -75,3 +92,30 @@ def whole_number(label: str, default: int, lo: int, hi: int, key: str, *, where=
         where.error(f"{label}: type a whole number from {lo:,} to {hi:,} (got {got}); what needs it waits until then.")
         return None
     return int(value)
+
+
+def decimal_number(label: str, default: float, lo: float, hi: float | None, key: str, *, where=st,
+                   help: str | None = None, step: float | None = None, fmt: str = "%g",
+                   label_visibility: str = "visible") -> float | None:
+    """A box for a decimal number in [lo, hi] (hi None: no upper bound); None (after a message under it) when
+    what was typed is not one.
+
+    Streamlit's own box with min/max turns red on -5, keeps showing it and hands the page the old value; the
+    reason shows only on hover. This box has no range in the browser (it takes 3e-4 and -5 as typed) and checks
+    the range here, on the page; the range is in its tooltip from the start. "%g" shows 3e-4 as 0.0003 and
+    1e-6 as 1e-06 (a fixed "%.5f" showed 0.00000)."""
+    if key in st.session_state and not isinstance(st.session_state[key], float):  # an int from a link or a test
+        try:
+            st.session_state[key] = float(st.session_state[key])
+        except (TypeError, ValueError):
+            del st.session_state[key]
+    allowed = f"from {lo:g} to {hi:g}" if hi is not None else f"{lo:g} or more"
+    value = where.number_input(label, value=float(default), step=step, format=fmt, key=key,
+                               help=f"{help + ' ' if help else ''}Allowed: {allowed}.",
+                               label_visibility=label_visibility)
+    if value is None or not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+        got = "nothing" if value is None else f"{value:,.6g}"
+        span = allowed if hi is not None else f"of at least {lo:g}"
+        where.error(f"{label}: type a number {span} (got {got}); what needs it waits until then.")
+        return None
+    return float(value)

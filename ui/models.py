@@ -8,8 +8,11 @@ from __future__ import annotations
 import os
 import re
 import threading
+from pathlib import Path
+from urllib.parse import urlencode
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from core.inspect import survey
 from core.inspect.stepwise import PARITY_TOLERANCE, RELATIVE_TOLERANCE
@@ -40,8 +43,11 @@ _CHOICES = {
     "tiny-gpt2": "tiny-gpt2 (random, GPT-2 style)",
     "tiny-llama": "tiny-llama (random, Llama style)",
     "tiny-qwen2": "tiny-qwen2 (random, Qwen2 style)",
+    "tiny-bert": "tiny-bert (random, BERT style encoder)",
+    "tiny-t5": "tiny-t5 (random, T5 style encoder-decoder)",
     HUB_CHOICE: HUB_CHOICE,
 }
+ENCODER_PAGE = "pages/24_Encoder_attention.py"  # the one page for encoder and encoder-decoder models
 # The spec in the URL: ?model=...&dtype=...&device=...&quant=... (defaults are left out).
 URL_PARAMS = {"model": "source", "dtype": "dtype", "device": "device", "quant": "quantization"}
 _loaded_keys: set[str] = set()  # process-wide: which specs are already in the resource cache
@@ -164,10 +170,12 @@ def _picker_form(spec: ModelSpec) -> ModelSpec | None:
     return parse_spec(source, dtype, device, quant)
 
 
-def model_picker() -> LoadedModel:
+def model_picker(causal: bool = True) -> LoadedModel:
     """Render the shared sidebar picker and return the loaded model (the default when none is picked).
 
-    A failed load shows its reason and keeps the model that was loaded before.
+    A failed load shows its reason and keeps the model that was loaded before. `causal` (every page but
+    Encoder attention): with an encoder or encoder-decoder model loaded, the page says it needs a causal LM,
+    points to the Encoder attention page and stops here, so no page meets a model it cannot run.
     """
     ensure_app_navigation()
     if SPEC_KEY not in st.session_state:  # a new session: a link may name the model
@@ -192,7 +200,42 @@ def model_picker() -> LoadedModel:
         lm = get_model(spec)
     _write_link(lm.spec)
     st.sidebar.caption(f"Loaded: {code(lm.name)} · {lm.summary()}")  # a code span: a folder name shows literally
+    if causal and lm.kind != "causal":
+        needs_causal(lm)
     return lm
+
+
+def needs_causal(lm: LoadedModel) -> None:
+    """Say that this page needs a causal LM, link the page that shows this model, and stop the script."""
+    what = {"encoder": "an encoder (BERT style: it reads the text both ways and predicts masked tokens)",
+            "encoder-decoder": "an encoder-decoder (T5 style: an encoder reads the text, a decoder writes "
+                               "another one)"}[lm.kind]
+    st.info(f"{code(lm.name)} is {what}. This page needs a **causal language model** (one that predicts the "
+            "next token, such as the embedded SmolLM2 or tiny-llama): choose one in the sidebar. The "
+            "**Encoder attention** page shows this model's self-attention and cross-attention.", icon="ℹ️")
+    page_link(ENCODER_PAGE, "Encoder attention: this model's heads", "🔀")
+    st.stop()
+
+
+def page_link(path: str, label: str, icon: str) -> None:
+    """A link to another page, with this session's model in its URL. st.page_link (same tab, same session)
+    where Home.py's st.navigation registered the page, as in the app; a plain relative link (a new tab)
+    where it did not: a page run alone, as in AppTest."""
+    params = {p: st.query_params.get(p) for p in URL_PARAMS if st.query_params.get(p)}
+    try:
+        st.page_link(path, label=label, icon=icon, query_params=params)
+    except StreamlitAPIException:
+        url_path = Path(path).stem.split("_", 1)[1]  # as ui.navigation.PageInfo.url_path
+        st.markdown(f"[{icon} {md(label)}]({url_path}{'?' + urlencode(params) if params else ''})")
+
+
+def choose_model(source: str) -> None:
+    """A button's on_click: `source` becomes this session's model for the run the click starts, where
+    model_picker loads it with its status and its fallback. (Loading here and calling st.rerun would start
+    the load's background survey while the rerun compiles the page: CPython 3.11's parser is not safe for
+    two threads at once.)"""
+    st.session_state[SPEC_KEY] = parse_spec(source)
+    st.session_state.pop(ERROR_KEY, None)
 
 
 def _seed_from_link() -> None:

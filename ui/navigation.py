@@ -49,6 +49,8 @@ PAGES: tuple[PageInfo, ...] = (
              "The routes that carried one prediction through layers and positions (information flow routes)."),
     PageInfo("pages/23_Head_roles.py", "Head roles", "🧩", "Circuits",
              "Induction, previous-token and duplicate-token heads, scored on every head."),
+    PageInfo("pages/24_Encoder_attention.py", "Encoder attention", "🔀", "Circuits",
+             "BERT and T5 style models: bidirectional self-attention, decoder self-attention, cross-attention."),
     PageInfo("pages/10_Pretraining.py", "Pre-training", "🏋️", "Training",
              "Train a small GPT live on Tiny Shakespeare; training lessons side by side."),
     PageInfo("pages/11_Fine_tuning.py", "Fine-tuning", "🎯", "Training",

@@ -19,7 +19,7 @@ from core.jobs import REGISTRY, Job, JobError, JobLimitError, JobSnapshot
 from core.models.capture import token_display
 from core.models.loading import LoadedModel
 from core.units import format_duration
-from ui.inputs import checked_text, whole_number
+from ui.inputs import checked_text, decimal_number, too_long, whole_number
 from ui.jobs import attached_job, job_controls, live_panel, start_job
 from ui.text import md
 
@@ -234,19 +234,18 @@ def ppo_step(lm: LoadedModel) -> None:
     prompt = c1.text_input("Prompt", "Can you recommend a good book?", key="rlhf_ppo_prompt")
     kind = c2.selectbox("Reward", rewards.REWARD_KINDS, key="rlhf_ppo_reward",
                         format_func=lambda k: k.replace("_", " "))
-    baseline = c3.number_input("Baseline V", -5.0, 5.0, 0.5, 0.1, key="rlhf_ppo_baseline")
+    baseline = decimal_number("Baseline V", 0.5, -5.0, 5.0, "rlhf_ppo_baseline", where=c3, step=0.1)
     c4, c5, c6, c7 = st.columns(4)
     eps = c4.select_slider("ε (clip)", [0.05, 0.1, 0.2, 0.3, 0.5], 0.2, key="rlhf_ppo_eps")
     beta = c5.select_slider("β (KL)", [0.0, 0.01, 0.05, 0.1, 0.5], 0.05, key="rlhf_ppo_beta")
     lr = c6.select_slider("SGD step size", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 1e-3, key="rlhf_ppo_lr")
     seed = whole_number("Seed", 0, 0, 10_000, "rlhf_ppo_seed", where=c7)
-    word = st.text_input("Word", "thank", key="rlhf_ppo_word", max_chars=WORD_CHARS) if kind == "contains" \
-        else "thank"
+    word = st.text_input("Word", "thank", key="rlhf_ppo_word") if kind == "contains" else "thank"
+    long_word = too_long(word, WORD_CHARS, "Word")
     target = whole_number("Target words", 5, 1, 200, "rlhf_ppo_target") if kind == "length" else 5
     fits = checked_text(lm, prompt, ppo.MAX_PROMPT_TOKENS, ppo.WHY_CAP, "prompt")
-    word = word[:WORD_CHARS]  # a link or an old session may carry a longer one
     if st.button("▶ Sample a rollout and take one PPO step", key="rlhf_ppo_go", type="primary",
-                 disabled=not fits or seed is None or target is None):
+                 disabled=not fits or long_word or seed is None or target is None or baseline is None):
         try:  # a PPO step copies the model three times: admitted against the server's memory like a job
             with REGISTRY.heavy(align_memory.peak_bytes("ppo", lm.n_parameters, lm.config, ppo.MAX_PROMPT_TOKENS),
                                 "the PPO step"):
@@ -349,15 +348,14 @@ def grpo_step(lm: LoadedModel) -> None:
                 "model for a meaningful run; the length reward still moves here.")
     c1, c2, c3 = st.columns(3)
     kind = c1.selectbox("Reward", rewards.REWARD_KINDS, key="rlhf_grpo_reward", format_func=lambda k: k.replace("_", " "))
-    word = c2.text_input("Word", "thank", key="rlhf_grpo_word", max_chars=WORD_CHARS) if kind == "contains" \
-        else "thank"
+    word = c2.text_input("Word", "thank", key="rlhf_grpo_word") if kind == "contains" else "thank"
     target = whole_number("Target words", 5, 1, 200, "rlhf_grpo_target", where=c2) if kind == "length" else 5
     steps = whole_number("Steps", 8, 1, 200, "rlhf_grpo_steps", where=c3)
     c4, c5, c6 = st.columns(3)
     gens = whole_number("Group size G", 4, 2, 16, "rlhf_grpo_g", where=c4)
     new = whole_number("Completion tokens", 16, 4, 128, "rlhf_grpo_tokens", where=c5)
     lr = c6.select_slider("Learning rate", [5e-6, 1e-5, 2e-5, 5e-5, 1e-4], 2e-5, key="rlhf_grpo_lr")
-    if None in (target, steps, gens, new):
+    if None in (target, steps, gens, new) or too_long(word, WORD_CHARS, "Word", where=c2):
         return
     cfg = grpo.GRPOConfigLab(reward=kind, word=word, target=target, steps=int(steps), lr=float(lr),
                              generations=int(gens), max_new_tokens=int(new))

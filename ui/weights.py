@@ -185,9 +185,9 @@ def component_frame(by_component: dict[str, int]) -> pd.DataFrame:
 
 
 def memory_frame(memory: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"format": m["format"], "bytes per weight": m["bytes_per_weight"],
+    return pd.DataFrame([{"format": m["format"], "bytes per weight (mean)": m["bytes_per_weight"],
                           "weights": format_bytes(m["weights_bytes"]),
-                          "+ scales (estimate)": format_bytes(m["scales_bytes"]) if m["scales_bytes"] else "—",
+                          "+ scales": format_bytes(m["scales_bytes"]) if m["scales_bytes"] else "—",
                           "total": format_bytes(m["total_bytes"])} for m in memory])
 
 

@@ -33,11 +33,14 @@ def keep_choice(key: str, choices: list[Any], default: Any = None) -> None:
 
 # A chart drawn at a fixed width (an attention matrix with one column per token, a grid of heads) wider than
 # its column overflowed and was cut on a phone (390 px): its element box scrolls sideways instead. The same for a
-# wide formula ("W_QKV ∈ ℝ" lost its dimensions).
+# wide formula ("W_QKV ∈ ℝ" lost its dimensions). A Graphviz chart was shrunk to its column instead (the block
+# diagram's 10 pt labels came out at ~6 px on a phone): it keeps at least its natural size and scrolls too.
 _SCROLL_WIDE = ("<style>[data-testid='stElementContainer']:has([data-testid='stVegaLiteChart']),"
                 "[data-testid='stElementContainer']:has([data-testid='stGraphVizChart']),"
                 "[data-testid='stElementContainer']:has([data-testid='stImage']),"
-                "[data-testid='stElementContainer']:has(.katex-display) {overflow-x: auto;}</style>")
+                "[data-testid='stElementContainer']:has(.katex-display) {overflow-x: auto;}"
+                "[data-testid='stElementContainer'] [data-testid='stGraphVizChart'] svg "
+                "{max-width: none; width: auto; min-width: 100%; height: auto;}</style>")
 
 
 def scroll_wide_charts() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -157,8 +158,13 @@ def _pick(row: _Row, logits: torch.Tensor, probs_model: torch.Tensor, seen: torc
 
 @torch.inference_mode()
 def compare(lm: LoadedModel, text: str, strategies: list[Strategy], max_new_tokens: int = 32, seed: int = 0,
-            keep_steps: bool = True, ids: list[int] | None = None) -> Comparison:
-    """Decode `text` with every strategy in one batch; see the module docstring."""
+            keep_steps: bool = True, ids: list[int] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Comparison:
+    """Decode `text` with every strategy in one batch; see the module docstring.
+
+    `progress(done, total)` is called after every forward pass (total = max_new_tokens: the prefill, then one
+    per new token; fewer when every row ends early). Whatever it raises stops the decoding before the next
+    forward pass: that is how the page's Cancel works (a click's rerun raises inside the progress bar)."""
     strategies = unique_names(list(strategies))
     check(strategies, max_new_tokens)
     ids = list(ids) if ids is not None else prompt_ids(lm, text)
@@ -196,6 +202,8 @@ def compare(lm: LoadedModel, text: str, strategies: list[Strategy], max_new_toke
     logits = out.logits[:, -1].float().expand(n, -1)  # [rows, vocab]
     history = prompt.expand(n, -1) if any_penalty else None  # [rows, seq]: what the penalty looks at
     forwards = 1
+    if progress is not None:
+        progress(forwards, max_new_tokens)
     for step in range(max_new_tokens):
         log_probs = logits.log_softmax(-1)  # [rows, vocab], the model's own distribution
         probs = log_probs.exp()
@@ -242,6 +250,8 @@ def compare(lm: LoadedModel, text: str, strategies: list[Strategy], max_new_toke
         out = model(input_ids=next_tokens[:, None].to(device), past_key_values=cache, use_cache=True)
         forwards += 1
         logits = out.logits[:, -1].float()
+        if progress is not None:
+            progress(forwards, max_new_tokens)
     seconds = time.perf_counter() - start
 
     outputs, trees, paths = [], {}, {}

@@ -123,8 +123,8 @@ def training_runs(root: Path | None = None) -> list[dict]:
     """Runs of the training lab (runs folder): parameters, tokens seen and the last validation loss.
 
     Parameters come from the exported model's config (counted on the meta device) or run.json/config.json
-    fields; tokens = step x batch_size x block_size (x gradient accumulation). A run missing any of these
-    is skipped: the chart only shows what was measured."""
+    fields; tokens = metrics.csv's cumulative count (all processes of a data-parallel run). A run missing any
+    of these is skipped: the chart only shows what was measured."""
     from core.runs import runs_root
 
     root = root or runs_root()
@@ -152,14 +152,25 @@ def _run_point(run: Path) -> dict | None:
         return None
     last = rows[-1]
     step = int(float(last["step"]))
-    per_step = int(config.get("batch_size", 0)) * int(config.get("block_size", 0)) * int(
-        config.get("gradient_accumulation_steps", 1) or 1)
     params = _run_parameters(run, config)
-    if not (params and per_step and step):
+    tokens = _run_tokens(run, config, last, step)
+    if not (params and tokens and step):
         return None
-    tokens = step * per_step
     return {"name": f"run: {run.name}", "parameters": float(params), "tokens": float(tokens),
             "compute": 6.0 * params * tokens, "val_loss": float(last["val_loss"]), "step": step}
+
+
+def _run_tokens(run: Path, config: dict, last: dict, step: int) -> int:
+    """Tokens trained on up to the row `last`: metrics.csv's cumulative count (every process of a data-parallel
+    run), else step x batch x block x accumulation x the processes run.json records."""
+    if last.get("tokens") not in (None, ""):
+        return int(float(last["tokens"]))
+    try:
+        processes = int(json.loads((run / "run.json").read_text()).get("processes") or 1)
+    except (OSError, ValueError, TypeError):
+        processes = 1
+    return step * processes * int(config.get("batch_size", 0)) * int(config.get("block_size", 0)) * int(
+        config.get("gradient_accumulation_steps", 1) or 1)
 
 
 def _run_parameters(run: Path, config: dict) -> int | None:

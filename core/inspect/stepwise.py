@@ -14,8 +14,10 @@ The same capture serves the logit lens.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -53,12 +55,35 @@ def parity_hooks(lm: LoadedModel) -> tuple[str, ...]:
 # ---------------------------------------------------------------- small pieces, written out
 
 
+# Inside `shared_fp32_weights()`, each parameter's float32 copy is made once and reused: `parity` runs every
+# layer twice (on the model's input and on the chained hand input), and for a bf16 model the copies cost
+# as much as the matrix products themselves.
+_FP32_COPIES: ContextVar[dict | None] = ContextVar("fp32_copies", default=None)
+
+
+@contextmanager
+def shared_fp32_weights() -> Iterator[None]:
+    token = _FP32_COPIES.set({})
+    try:
+        yield
+    finally:
+        _FP32_COPIES.reset(token)
+
+
 def _w(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     """A parameter as float32 on the device of `x` (no copy when it already is).
 
     The hand computation runs where the model runs: a GPU's GEMMs sum in another order than the CPU's, and
     on the large residual activations of trained models that alone moves results by ~1e-3."""
-    return None if t is None else t.detach().to(device=x.device, dtype=torch.float32)
+    if t is None:
+        return None
+    copies = _FP32_COPIES.get()
+    if copies is None:
+        return t.detach().to(device=x.device, dtype=torch.float32)
+    key = (id(t), x.device)
+    if key not in copies:
+        copies[key] = t.detach().to(device=x.device, dtype=torch.float32)
+    return copies[key]
 
 
 def project(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -506,19 +531,25 @@ def parity(lm: LoadedModel, capture: Capture, chained: bool = False) -> Parity:
     rel: dict[str, float] = {}
     where: dict[str, int] = {}
     per_layer, attn = [], []
+    hand = emb.hidden_states  # the chained run: forward_by_hand, layer by layer beside the checks
     for layer, target in enumerate(targets):
-        steps = layer_by_hand(lm, layer, capture.hidden_states[layer])
+        with shared_fp32_weights():  # one float32 copy of the layer's weights for both runs
+            steps = layer_by_hand(lm, layer, capture.hidden_states[layer])
+            if chained:
+                hand = layer_by_hand(lm, layer, hand).layer_output
         per_layer.append(_compare(f"layer {layer}", steps.layer_output, target, rel, where))
         if layer < len(capture.attentions):
             attn.append(_diff(steps.attn_weights, capture.attentions[layer]))
-    final = final_by_hand(lm, targets[-1])
+    with shared_fp32_weights():
+        final = final_by_hand(lm, targets[-1])
+        chained_logits = _diff(final_by_hand(lm, hand).logits, capture.logits) if chained else None
     return Parity(
         embeddings=_compare("embeddings", emb.hidden_states, capture.hidden_states[0], rel, where),
         per_layer=per_layer,
         attn_weights=attn,
         final_norm=_compare("final norm", final.final_norm, capture.hidden_states[-1], rel, where),
         logits=_diff(final.logits, capture.logits),
-        chained_logits=_diff(forward_by_hand(lm, capture.ids).logits, capture.logits) if chained else None,
+        chained_logits=chained_logits,
         relative=rel,
         where=where,
         relative_tolerance=tolerance_for(lm.model.dtype)[1],

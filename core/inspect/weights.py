@@ -17,7 +17,6 @@ a fingerprint of the weights.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import re
@@ -29,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from core.models.dequantize import float_values, int8_scale, quantization_of
@@ -373,25 +373,29 @@ def _safe(key: str) -> str:
 
 
 def _save(stats: WeightStats, path: Path) -> None:
-    # json writes a NaN kurtosis (constant norm weights) as NaN, and reads it back.
+    # safetensors, not .npz: numpy parses an .npz header with Python's parser (ast), which CPython 3.11 does not
+    # make safe for two threads at once, and this runs in the background survey while Streamlit compiles pages
+    # ("SystemError: AST constructor recursion depth mismatch"). json writes a NaN kurtosis as NaN and reads it.
+    from safetensors.numpy import save
+
     meta = {"rows": stats.rows, "kinds": stats.kinds, "n_layers": stats.n_layers, "threshold": stats.threshold,
             "skipped": stats.skipped, "hist_kinds": list(stats.hist_edges), "seconds": stats.seconds}
-    arrays = {f"table/{s}": a for s, a in stats.table.items()}
+    arrays = {f"table/{s}": np.ascontiguousarray(a) for s, a in stats.table.items()}
     for i, k in enumerate(stats.hist_edges):  # kinds contain dots and slashes: index them
-        arrays[f"edges/{i}"] = stats.hist_edges[k]
-        arrays[f"counts/{i}"] = stats.hist_counts[k]
+        arrays[f"edges/{i}"] = np.ascontiguousarray(stats.hist_edges[k])
+        arrays[f"counts/{i}"] = np.ascontiguousarray(stats.hist_counts[k])
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()  # a file object: np.savez would append .npz to a bare path
-    np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
-    atomic_write(path, buffer.getvalue())  # a reader never sees half a file
+    atomic_write(path, save(arrays, metadata={"meta": json.dumps(meta)}))  # a reader never sees half a file
 
 
 def _load(path: Path) -> WeightStats:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        table = {s: z[f"table/{s}"] for s in STATS}
-        edges = {k: z[f"edges/{i}"] for i, k in enumerate(meta["hist_kinds"])}
-        counts = {k: z[f"counts/{i}"] for i, k in enumerate(meta["hist_kinds"])}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as z:
+        meta = json.loads(z.metadata()["meta"])
+        table = {s: z.get_tensor(f"table/{s}") for s in STATS}
+        edges = {k: z.get_tensor(f"edges/{i}") for i, k in enumerate(meta["hist_kinds"])}
+        counts = {k: z.get_tensor(f"counts/{i}") for i, k in enumerate(meta["hist_kinds"])}
     return WeightStats(rows=meta["rows"], kinds=meta["kinds"], n_layers=meta["n_layers"], table=table,
                        hist_edges=edges, hist_counts=counts, threshold=meta["threshold"],
                        skipped=meta["skipped"], seconds=meta["seconds"], source="disk cache")
@@ -403,7 +407,7 @@ def cache_file(model: nn.Module, model_key: str, bins: int = BINS, threshold: fl
         from core.models.loading import cache_root
 
         root = cache_root() / "weight_stats"
-    return root / _safe(model_key) / f"{fingerprint(model)}-b{bins}-t{threshold:g}.npz"
+    return root / _safe(model_key) / f"{fingerprint(model)}-b{bins}-t{threshold:g}.safetensors"
 
 
 def weight_stats(model: nn.Module, model_key: str | None = None, bins: int = BINS,
@@ -419,7 +423,7 @@ def weight_stats(model: nn.Module, model_key: str | None = None, bins: int = BIN
             stats = _load(path)
             stats.seconds = time.perf_counter() - start
             return stats
-        except (OSError, ValueError, KeyError):  # a damaged or older file: recompute below
+        except (OSError, ValueError, KeyError, SafetensorError):  # a damaged or older file: recompute below
             pass
     stats = compute_weight_stats(model, bins, threshold, progress)
     try:

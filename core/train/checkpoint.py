@@ -28,7 +28,9 @@ from safetensors.torch import load_file, save_file
 
 from core.runs import atomic_folder, atomic_write
 
-METRIC_COLUMNS = ("step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s")
+# `tokens` is cumulative and counts every process of a data-parallel run (torchrun: each process trains on its
+# own batches), so the Scaling laws page reads the tokens a run really saw.
+METRIC_COLUMNS = ("step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "tokens")
 KEEP_CHECKPOINTS = 2
 _STEP = re.compile(r"^step-\d+$")
 

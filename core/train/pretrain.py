@@ -133,15 +133,31 @@ def measure_step_bytes(config: TrainConfig, vocab_size: int, seed: int = 0) -> i
 
 
 def check_memory(config: TrainConfig, vocab_size: int) -> None:
+    """Refuse a run whose micro-batch activations need more than half the free memory. The message shows the
+    estimate and, where one or two sequences are cheap to try, the allocator's measured peak extrapolated to
+    the batch (activations grow linearly with it)."""
+    from dataclasses import replace
+
     from core.models.memory import available_bytes
     from core.units import format_bytes
 
     need = estimate_step_bytes(config, vocab_size)
     free = available_bytes("cuda" if torch.cuda.is_available() else "cpu")
-    if free and need > free // 2:
-        raise ValueError(f"one batch needs about {format_bytes(need)} of activations but only "
-                         f"{format_bytes(free)} is free (half of it may be used): lower batch_size or block_size, "
-                         "or use gradient accumulation")
+    if not free or need <= free // 2:
+        return
+    one = replace(config, batch_size=1, gradient_accumulation_steps=1)
+    with torch.device("meta"):
+        weights = GPT(one.model_config(vocab_size)).num_parameters() * 8  # weights and gradients, fp32
+    measured = ""
+    if config.batch_size > 4 and weights + 8 * estimate_step_bytes(one, vocab_size) < free // 4:
+        # Peaks at 2 and 4 sequences (1 is off the line: small buffers): the gradients are a fixed part, the
+        # activations grow with each sequence.
+        p2, p4 = (measure_step_bytes(replace(one, batch_size=b), vocab_size) for b in (2, 4))
+        peak = p4 + (config.batch_size - 4) * (p4 - p2) // 2
+        measured = f" (measured: {format_bytes(peak)}, from 2 and 4 sequences' peaks)"
+    raise ValueError(f"one batch needs about {format_bytes(need)} of activations{measured} but only "
+                     f"{format_bytes(free)} is free (half of it may be used): lower batch_size or block_size, "
+                     "or use gradient accumulation")
 
 
 def prepare_data(config: TrainConfig) -> TextData:
@@ -323,6 +339,7 @@ def _train_loop(config: TrainConfig, run: Path, job: Any, acc: Any, trainer: "Tr
     job.report(step=trainer.step, **info)
     started, tokens_done = time.perf_counter(), 0
     elapsed0 = rows[-1]["elapsed_s"] if rows and rows[-1].get("elapsed_s") else 0.0
+    tokens0 = _tokens_before(rows, trainer.step, config)
 
     def save(reason: str) -> None:
         nonlocal last_ckpt
@@ -345,7 +362,7 @@ def _train_loop(config: TrainConfig, run: Path, job: Any, acc: Any, trainer: "Tr
             row: dict[str, Any] = {"step": trainer.step, "train_loss": result.train_loss, "val_loss": None,
                                    "lr": result.lr, "grad_norm": result.grad_norm,
                                    "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
-                                   "elapsed_s": elapsed0 + elapsed}
+                                   "elapsed_s": elapsed0 + elapsed, "tokens": tokens0 + tokens_done}
             extra: dict[str, Any] = {}
             at_end = trainer.step == config.max_iters
             if trainer.step % config.eval_interval == 0 or at_end:
@@ -360,7 +377,7 @@ def _train_loop(config: TrainConfig, run: Path, job: Any, acc: Any, trainer: "Tr
             job.report(step=trainer.step, metrics=row, tokens_per_s_mean=tokens_done / max(elapsed, 1e-9),
                        memory_bytes=state_bytes(trainer.raw, trainer.optimizer, data), **extra)
             if lease is not None:
-                lease.beat(step=trainer.step)
+                lease.beat(step=trainer.step, tokens=tokens0 + tokens_done, processes=acc.num_processes)
             if trainer.step % config.interval_checkpoint == 0 and not at_end:
                 save("interval")
         save("end")
@@ -374,12 +391,21 @@ def _train_loop(config: TrainConfig, run: Path, job: Any, acc: Any, trainer: "Tr
         raise
     finally:
         if lease is not None:
-            lease.release(status=status, step=trainer.step)
+            lease.release(status=status, step=trainer.step, tokens=tokens0 + tokens_done,
+                          processes=acc.num_processes)
     final = next((r for r in reversed(rows) if r.get("val_loss") is not None), {})
     return {"run_dir": str(run), "step": trainer.step, "val_loss": final.get("val_loss"),
             "train_loss": final.get("train_eval_loss"), "checkpoint": str(last_ckpt) if last_ckpt else None,
             "exported": (run / "model" / "config.json").is_file(), **info,
-            "tokens_per_s": tokens_done / max(time.perf_counter() - started, 1e-9)}
+            "tokens": tokens0 + tokens_done, "tokens_per_s": tokens_done / max(time.perf_counter() - started, 1e-9)}
+
+
+def _tokens_before(rows: list[dict[str, Any]], step: int, config: TrainConfig) -> int:
+    """Tokens trained on before this (resumed) job: the last row's count, or for a run written before the
+    column existed, one process's tokens per step (the only count such a run recorded)."""
+    if rows and rows[-1].get("tokens") is not None:
+        return int(rows[-1]["tokens"])
+    return step * config.batch_size * config.block_size * config.gradient_accumulation_steps
 
 
 def _export_quietly(trainer: Trainer, run: Path, lease: RunLease) -> None:
