@@ -159,3 +159,22 @@ def test_an_alignment_jobs_declared_peak_covers_the_copies_it_really_makes(load)
     copies = sum(t.numel() * t.element_size() for m in (policy, ref) for t in m.state_dict().values())
     trained = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     assert copies + 12 * trained <= memory.peak_bytes("dpo", n, lm.config)  # + gradients and AdamW moments
+
+
+def test_the_server_does_not_collect_all_garbage_after_every_rerun():
+    """Streamlit's default runs gc.collect(2) after every script and fragment run; with the model's libraries
+    loaded one full collection walks ~455,000 objects (~0.2 s holding the interpreter). A class's 30 live panels
+    spent 65 % of the server's time there (py-spy) and a tiny pre-training step took 3 s. The project's config
+    turns it off; what one full collection has to walk is counted here (its time is in bench/class_jobs.py)."""
+    import gc
+    import tomllib
+
+    import streamlit  # noqa: F401  (the libraries a served page has loaded)
+    import transformers  # noqa: F401
+
+    from tests_paths import ROOT
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["postScriptGC"] is False
+    gc.collect(2)
+    assert len(gc.get_objects()) > 100_000
